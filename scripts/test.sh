@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# test.sh — install what is missing, build, and run every test: the release
+# build, then the sanitizer build (ASan + UBSan), each under CTest.
+# Usage: scripts/test.sh [--quick]   (--quick skips the sanitizer build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+
+jobs=$(nproc 2>/dev/null || echo 2)
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+run_build() {  # dir, cmake args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" "$@" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs"
+}
+
+echo "== release build (RelWithDebInfo) =="
+run_build build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ $quick -eq 0 ]; then
+  echo "== sanitizer build (ASan + UBSan) =="
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_build build/asan -DCMAKE_BUILD_TYPE=Debug -DINBOX_ASAN=ON
+fi
+echo "all tests passed"
