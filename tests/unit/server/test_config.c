@@ -1,0 +1,209 @@
+/* test_config.c — defaults, INI files, flags and their precedence, and
+ * that every kind of bad input is refused with a message that locates it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "inbox/error.h"
+
+static char tmpfile_path[256];
+
+static const char *write_ini(const char *text)
+{
+    snprintf(tmpfile_path, sizeof tmpfile_path, "/tmp/inbox_cfg_%d.ini",
+             (int)getpid());
+    FILE *f = fopen(tmpfile_path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return tmpfile_path;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    unlink(tmpfile_path);
+    return 0;
+}
+
+static void test_defaults_are_usable(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[256] = "";
+    config_defaults(&c);
+    assert_string_equal(c.data_dir, "./inboxd-data");
+    assert_int_equal(c.shard_count, 64);
+    assert_int_equal(c.wal_segment_bytes, 64u << 20);
+    assert_int_equal(c.store_checkpoint_ms, 1000);
+    assert_true(c.dedup_window_ms == UINT64_C(24) * 3600 * 1000);
+    assert_int_equal(config_validate(&c, err, sizeof err), 0);
+}
+
+static void test_file_then_flags_precedence(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[256] = "";
+    bool help = true;
+    config_defaults(&c);
+    const char *p = write_ini("; comment\n[node]\ndata_dir = /var/lib/x\n"
+                              "id = 3\n[wal]\nsegment_bytes = 8MiB\n"
+                              "[store]\ncheckpoint_interval = 250ms\n");
+    const char *argv[] = {"inboxd", "--node-id", "5", "--config", p,
+                    "--store-dedup-window=2h", NULL};
+    assert_int_equal(config_parse_args(&c, 6, (char **)argv, &help, err, sizeof err),
+                     0);
+    assert_false(help);
+    assert_string_equal(c.data_dir, "/var/lib/x"); /* from the file */
+    assert_int_equal(c.node_id, 5); /* the flag beats the file, in any order */
+    assert_int_equal(c.wal_segment_bytes, 8u << 20);
+    assert_int_equal(c.store_checkpoint_ms, 250);
+    assert_true(c.dedup_window_ms == UINT64_C(2) * 3600 * 1000);
+}
+
+static void expect_file_error(const char *text, const char *needle)
+{
+    struct config c;
+    char err[256] = "";
+    config_defaults(&c);
+    struct config before = c;
+    const char *p = write_ini(text);
+    int rc = config_load_file(&c, p, err, sizeof err);
+    assert_int_equal(rc, INBOX_EINVAL);
+    if (strstr(err, needle) == NULL)
+        fail_msg("error '%s' lacks '%s'", err, needle);
+    assert_non_null(strstr(err, p)); /* names the file */
+    (void)before;
+}
+
+static void test_bad_files_are_located(void **state)
+{
+    (void)state;
+    expect_file_error("[node]\nid = 1\ndata_dri = x\n", ":3: unknown option");
+    expect_file_error("[nod]\nid = 1\n", "section [nod]");
+    expect_file_error("[wal]\nsegment_bytes = 12 furlongs\n", "not a size");
+    expect_file_error("[wal]\nsegment_bytes = 4KiB\n", "out of range");
+    expect_file_error("[node]\nid = -4\n", "whole number");
+    expect_file_error("[store]\ncheckpoint_interval = soon\n",
+                      "not a duration");
+    expect_file_error("[node]\nthis line has no equals\n", ":2: syntax");
+}
+
+static void test_missing_file(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[256] = "";
+    config_defaults(&c);
+    int rc = config_load_file(&c, "/nonexistent/inboxd.ini", err, sizeof err);
+    assert_true(rc < 0);
+    assert_non_null(strstr(err, "/nonexistent/inboxd.ini"));
+}
+
+static void expect_flag_error(int argc, const char **argv, const char *needle)
+{
+    struct config c;
+    char err[256] = "";
+    bool help = false;
+    config_defaults(&c);
+    assert_int_equal(config_parse_args(&c, argc, (char **)argv, &help, err, sizeof err),
+                     INBOX_EINVAL);
+    if (strstr(err, needle) == NULL)
+        fail_msg("error '%s' lacks '%s'", err, needle);
+}
+
+static void test_bad_flags(void **state)
+{
+    (void)state;
+    const char *a1[] = {"inboxd", "--node-idd", "4"};
+    expect_flag_error(3, a1, "unknown option '--node-idd'");
+    const char *a2[] = {"inboxd", "--node-id"};
+    expect_flag_error(2, a2, "needs a value");
+    const char *a3[] = {"inboxd", "stray"};
+    expect_flag_error(2, a3, "unexpected argument 'stray'");
+    const char *a4[] = {"inboxd", "--cluster-shard-count", "0"};
+    expect_flag_error(3, a4, "out of range");
+    const char *a5[] = {"inboxd", "--config"};
+    expect_flag_error(2, a5, "needs a file");
+    const char *a6[] = {"inboxd", "--wal-segment-bytes", "99999999999999999999999"};
+    expect_flag_error(3, a6, "not a size");
+}
+
+static void test_help_and_usage(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[64];
+    bool help = false;
+    config_defaults(&c);
+    const char *argv[] = {"inboxd", "--help"};
+    assert_int_equal(config_parse_args(&c, 2, (char **)argv, &help, err, sizeof err),
+                     0);
+    assert_true(help);
+    size_t need = config_usage(NULL, 0, "inboxd");
+    char *buf = malloc(need + 1);
+    assert_int_equal(config_usage(buf, need + 1, "inboxd"), need);
+    assert_non_null(strstr(buf, "--wal-segment-bytes"));
+    assert_non_null(strstr(buf, "(default: 64MiB)"));
+    free(buf);
+}
+
+static void test_validate_relations(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[256] = "";
+    config_defaults(&c);
+    strcpy(c.tls_ca, "/etc/ca.pem");
+    assert_int_equal(config_validate(&c, err, sizeof err), INBOX_EINVAL);
+    assert_non_null(strstr(err, "go together"));
+    config_defaults(&c);
+    strcpy(c.log_level, "chatty");
+    assert_int_equal(config_validate(&c, err, sizeof err), INBOX_EINVAL);
+    config_defaults(&c);
+    strcpy(c.listen, "7420");
+    assert_int_equal(config_validate(&c, err, sizeof err), INBOX_EINVAL);
+}
+
+static void test_units(void **state)
+{
+    (void)state;
+    uint64_t v;
+    assert_int_equal(config_parse_size("1GiB", &v), 0);
+    assert_true(v == UINT64_C(1) << 30);
+    assert_int_equal(config_parse_size("4096", &v), 0);
+    assert_int_equal(v, 4096);
+    assert_int_equal(config_parse_size("4 KiB", &v), 0);
+    assert_int_equal(v, 4096);
+    assert_int_equal(config_parse_size("18446744073709551615TiB", &v),
+                     INBOX_EINVAL);
+    assert_int_equal(config_parse_size("", &v), INBOX_EINVAL);
+    assert_int_equal(config_parse_size("-1", &v), INBOX_EINVAL);
+    assert_int_equal(config_parse_duration_ms("3m", &v), 0);
+    assert_int_equal(v, 180000);
+    assert_int_equal(config_parse_duration_ms("3", &v), INBOX_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_are_usable),
+        cmocka_unit_test_teardown(test_file_then_flags_precedence, teardown),
+        cmocka_unit_test_teardown(test_bad_files_are_located, teardown),
+        cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_bad_flags),
+        cmocka_unit_test(test_help_and_usage),
+        cmocka_unit_test(test_validate_relations),
+        cmocka_unit_test(test_units),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
