@@ -59,7 +59,17 @@
     X(FRAME_TOO_LARGE, 1402, "frame exceeds the size limit")                   \
     X(UNKNOWN_OP, 1403, "unknown opcode")                                      \
     X(DENIED, 1404, "permission denied")                                       \
-    X(UNAUTHENTICATED, 1405, "no valid client certificate")
+    X(UNAUTHENTICATED, 1405, "no valid client certificate")                    \
+    /* protocol (net/): TLS layer, 1450 and up */                              \
+    X(TLS_HANDSHAKE, 1450, "TLS handshake failed")                             \
+    X(TLS_UNTRUSTED, 1451, "peer certificate not signed by the cluster CA")    \
+    X(TLS_PLAINTEXT, 1452, "peer spoke plaintext, not TLS")                    \
+    X(TLS_EXPIRED, 1453, "peer certificate expired or not yet valid")          \
+    X(TLS_ROLE, 1454, "peer certificate role missing or not allowed here")     \
+    X(TLS_HOSTNAME, 1455, "peer certificate does not name the expected host")  \
+    X(TLS_REFUSED, 1456, "peer refused the TLS session (sent a fatal alert)")  \
+    X(TLS_RECORD, 1457, "corrupt or unexpected TLS record")                    \
+    X(TLS_CONFIG, 1458, "cannot load TLS CA, certificate or key")
 
 enum inbox_err {
 #define INBOX_ERR_ENUM(name, num, msg) INBOX_E##name = -(num),
