@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh — install what is missing, build, and run every test: the release
-# build, then the sanitizer build (ASan + UBSan), each under CTest.
-# Usage: scripts/test.sh [--quick]   (--quick skips the sanitizer build)
+# build, then the sanitizer build (ASan + UBSan), each under CTest, then
+# every libFuzzer target for a bounded time (INBOX_FUZZ_SECONDS, default 30).
+# Usage: scripts/test.sh [--quick]   (--quick: release build and tests only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -24,5 +25,7 @@ if [ $quick -eq 0 ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_build build/asan -DCMAKE_BUILD_TYPE=Debug -DINBOX_ASAN=ON
+  echo "== fuzzers (libFuzzer, bounded time) =="
+  scripts/fuzz.sh "${INBOX_FUZZ_SECONDS:-30}"
 fi
 echo "all tests passed"
