@@ -294,15 +294,15 @@ struct inbox_route_resp {
     struct inbox_iter leaders_iter; /* decode: inbox_next_u64 */
 };
 
-enum inbox_role {
-    INBOX_ROLE_FOLLOWER = 0,
-    INBOX_ROLE_CANDIDATE = 1,
-    INBOX_ROLE_LEADER = 2,
-    INBOX_ROLE_LEARNER = 3,
+enum inbox_replica_role {
+    INBOX_REPLICA_FOLLOWER = 0,
+    INBOX_REPLICA_CANDIDATE = 1,
+    INBOX_REPLICA_LEADER = 2,
+    INBOX_REPLICA_LEARNER = 3,
 };
 struct inbox_shard_status {
     uint32_t shard;
-    uint8_t role; /* enum inbox_role */
+    uint8_t role; /* enum inbox_replica_role */
     uint64_t leader_id;
     uint64_t term;
     uint64_t applied_index;

@@ -42,8 +42,8 @@ static const struct inbox_node route_nodes[] = {
 };
 static const uint64_t route_leaders[] = {1, 2, 0, 1};
 static const struct inbox_shard_status status_shards[] = {
-    {0, INBOX_ROLE_LEADER, 1, 3, 1000},
-    {3, INBOX_ROLE_FOLLOWER, 2, 2, 998},
+    {0, INBOX_REPLICA_LEADER, 1, 3, 1000},
+    {3, INBOX_REPLICA_FOLLOWER, 2, 2, 998},
 };
 
 #define N_SAMPLES 48
