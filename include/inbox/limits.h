@@ -123,6 +123,21 @@ _Static_assert(INBOX_COMMAND_BYTES_MAX <= INBOX_RAFT_MSG_BYTES_MAX,
 #define INBOX_WATCH_INBOXES_MAX 1024u
 /* FETCH long-poll: the longest wait the server honours (it clamps). */
 #define INBOX_FETCH_WAIT_MS_MAX 60000u
+/* Transport (net/transport, docs/transport.md): per-connection buffers,
+ * allocated when bytes arrive and freed once consumed; body buffers above
+ * the keep size are freed after their frame; connections over the limit
+ * that are still being told BUSY; the default timers. */
+#define INBOX_CONN_READ_BYTES (64u * INBOX_KIB)
+#define INBOX_CONN_PLAIN_BYTES INBOX_TLS_RECORD_PLAINTEXT_BYTES_MAX
+#define INBOX_CONN_BODY_KEEP_BYTES (64u * INBOX_KIB)
+#define INBOX_CONN_REFUSING_MAX 64u
+#define INBOX_CONN_HANDSHAKE_TIMEOUT_MS_DEFAULT 10000u
+#define INBOX_CONN_DRAIN_TIMEOUT_MS_DEFAULT 5000u
+/* GET /metrics (net/http_metrics): request head, rendered body, clients. */
+#define INBOX_HTTP_REQUEST_BYTES_MAX (8u * INBOX_KIB)
+#define INBOX_HTTP_RESPONSE_BYTES_MAX (16u * INBOX_MIB)
+#define INBOX_HTTP_CONNS_MAX 64u
+#define INBOX_HTTP_TIMEOUT_MS_DEFAULT 5000u
 /* The largest ROUTE and STATUS response bodies (docs/protocol.md). */
 #define INBOX_ROUTE_NODE_BYTES_MAX                                             \
     (8u + 1u + INBOX_NODE_ADDRS_MAX * (2u + INBOX_NODE_ADDR_BYTES_MAX))
@@ -149,6 +164,55 @@ _Static_assert(3u + INBOX_SEEN_GET_INBOXES_MAX * (1u + INBOX_KEY_BYTES_MAX) <=
                    3u + INBOX_WATCH_INBOXES_MAX * (1u + INBOX_KEY_BYTES_MAX) <=
                        INBOX_FRAME_BODY_BYTES_MAX,
                "full SEEN_GET and WATCH requests fit in one frame");
+
+/* ---- client/ (libinbox) ------------------------------------------------ */
+/* Calls one client may have in flight (submit answers INBOX_EBUSY beyond). */
+#define INBOX_CLIENT_INFLIGHT_DEFAULT 1024u
+#define INBOX_CLIENT_INFLIGHT_MAX 65536u
+/* Seed addresses in a client config. */
+#define INBOX_CLIENT_SEEDS_MAX 64u
+/* Connections (one per dialled address): every node's addresses + seeds. */
+#define INBOX_CLIENT_CONNS_MAX                                                 \
+    (INBOX_ROUTE_NODES_MAX * INBOX_NODE_ADDRS_MAX + INBOX_CLIENT_SEEDS_MAX)
+/* A call's deadline: default and cap (ms). */
+#define INBOX_CLIENT_TIMEOUT_MS_DEFAULT 10000u
+#define INBOX_CLIENT_TIMEOUT_MS_MAX (INBOX_FETCH_WAIT_MS_MAX + 3600000u)
+/* Connect + TLS handshake + HELLO. */
+#define INBOX_CLIENT_CONNECT_TIMEOUT_MS_DEFAULT 5000u
+/* Retry backoff: doubles from min to max, jittered. */
+#define INBOX_CLIENT_BACKOFF_MIN_MS_DEFAULT 10u
+#define INBOX_CLIENT_BACKOFF_MAX_MS_DEFAULT 1000u
+/* NOT_LEADER redirects followed at once before backoff applies. */
+#define INBOX_CLIENT_REDIRECTS_FAST_MAX 4u
+/* Socket reads per connection per poll round, bytes per read. */
+#define INBOX_CLIENT_READS_PER_ROUND 16u
+#define INBOX_CLIENT_READ_BYTES (64u * INBOX_KIB)
+/* Plaintext staged for TLS per connection: grows to one whole frame. */
+#define INBOX_CLIENT_STAGE_BYTES_MIN (64u * INBOX_KIB)
+_Static_assert(INBOX_CLIENT_INFLIGHT_DEFAULT <= INBOX_CLIENT_INFLIGHT_MAX,
+               "default in-flight bound within its cap");
+_Static_assert(INBOX_CLIENT_BACKOFF_MIN_MS_DEFAULT <=
+                   INBOX_CLIENT_BACKOFF_MAX_MS_DEFAULT,
+               "backoff bounds ordered");
+_Static_assert(INBOX_CLIENT_STAGE_BYTES_MIN <=
+                   INBOX_FRAME_HEADER_BYTES + INBOX_FRAME_BODY_BYTES_MAX,
+               "staging starts below one frame");
+
+/* ---- server/ (node: shards as Raft groups) ------------------------------ */
+/* Requests accepted by a node and not yet answered, and their copied bytes
+ * (inboxes, payloads): past either bound a request is refused with
+ * INBOX_EBUSY. */
+#define INBOX_NODE_REQUESTS_MAX 65536u
+#define INBOX_NODE_REQUEST_BYTES_MAX (256u * INBOX_MIB)
+/* Timer periods a node accepts. */
+#define INBOX_NODE_TICK_MS_MIN 1u
+#define INBOX_NODE_TICK_MS_MAX 10000u
+#define INBOX_NODE_CHECKPOINT_MS_MIN 10u
+#define INBOX_NODE_CHECKPOINT_MS_MAX (3600u * 1000u)
+/* A graceful close waits at most this long for requests in flight. */
+#define INBOX_NODE_DRAIN_MS_MAX 10000u
+_Static_assert(INBOX_NODE_REQUEST_BYTES_MAX >= 2u * INBOX_COMMAND_BYTES_MAX,
+               "a node must accept at least a couple of the largest requests");
 
 /* ---- relations ---------------------------------------------------------- */
 _Static_assert(INBOX_COMMAND_BYTES_MAX <= INBOX_WAL_RECORD_PAYLOAD_BYTES_MAX,
