@@ -259,21 +259,30 @@ static void checkpoint_and_release(struct store *st, struct apply_stats *as)
         fail("store_checkpoint", rc);
     as->checkpoint_ns += now_ns() - t0;
     as->checkpoints++;
+    /* One release record per shard, one sync and one deletion pass for all
+     * of them (wal_release_prefixes). */
+    struct wal_release rel[1024];
+    size_t n = 0;
     for (uint32_t sh = 0; sh < B.o.shards; sh++) {
-        uint64_t durable = 0;
+        uint64_t durable = 0, term = 0;
         rc = store_durable_index(st, sh, &durable);
         if (rc != 0)
             fail("store_durable_index", rc);
-        if (durable > 0) {
-            uint64_t term = 0;
-            rc = wal_term(B.wal, sh, durable, &term);
+        if (durable == 0)
+            continue;
+        rc = wal_term(B.wal, sh, durable, &term);
+        if (rc != 0)
+            fail("wal_term", rc);
+        rel[n++] = (struct wal_release){sh, durable, term};
+        if (n == sizeof rel / sizeof rel[0]) {
+            rc = wal_release_prefixes(B.wal, rel, n);
             if (rc != 0)
-                fail("wal_term", rc);
-            rc = wal_release_prefix(B.wal, sh, durable, term);
-            if (rc != 0)
-                fail("wal_release_prefix", rc);
+                fail("wal_release_prefixes", rc);
+            n = 0;
         }
     }
+    if (n > 0 && (rc = wal_release_prefixes(B.wal, rel, n)) != 0)
+        fail("wal_release_prefixes", rc);
 }
 
 static void apply_loop(struct store *st, struct apply_stats *as,
