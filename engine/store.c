@@ -122,6 +122,7 @@ struct inbox_meta {
  * prune that finds the first key refreshes it; an insert lowers it), and a
  * slot of another shard reads as 0 ("unknown, look"). Direct-mapped. */
 #define HINT_SLOTS 4096u
+#define SM_SLOTS 1024u
 struct hint {
     uint32_t shard;
     bool valid;
@@ -139,10 +140,19 @@ struct store {
     int lock_fd;
     struct store_options opt;
     struct store_restore *restoring;
-    /* The shard meta of the entries being applied (cached across a batch). */
-    uint32_t sm_shard;
-    bool sm_valid;
-    struct shard_meta sm;
+    /* Shard metas of the entries being applied: loaded once per shard per
+     * store_apply call and written back once at its end, so a batch that
+     * mixes shards (the server applies every shard's committed entries
+     * together) costs no extra B-tree get and put per entry. Direct-mapped
+     * by shard; a collision writes the evicted slot back first. Empty
+     * outside store_apply (sm_used_count == 0). */
+    struct sm_slot {
+        uint32_t shard;
+        bool valid;
+        struct shard_meta m;
+    } sm_slots[SM_SLOTS];
+    uint16_t sm_used[SM_SLOTS]; /* slot numbers that are valid */
+    uint32_t sm_used_count;
     struct hint hints[HINT_SLOTS];
     struct command cmd; /* decoded entry, reused */
     struct store_target_result results[INBOX_FANOUT_INBOXES_MAX];
@@ -316,7 +326,9 @@ static int fail(struct store *s, int rc)
     if (s->txn != NULL)
         mdb_txn_abort(s->txn);
     s->txn = NULL;
-    s->sm_valid = false;
+    for (uint32_t i = 0; i < s->sm_used_count; i++)
+        s->sm_slots[s->sm_used[i]].valid = false;
+    s->sm_used_count = 0;
     s->failed = INBOX_EFAILED;
     return rc;
 }
@@ -379,15 +391,51 @@ static int load_shard(MDB_txn *txn, MDB_dbi dbi, uint32_t shard,
     return 0;
 }
 
-static int flush_shard(struct store *s)
+static int put_shard(struct store *s, const struct sm_slot *slot)
 {
-    if (!s->sm_valid)
-        return 0;
     uint8_t k[4], v[SHARD_META_BYTES];
-    put_u32be(k, s->sm_shard);
-    shard_meta_put(v, &s->sm);
-    s->sm_valid = false;
+    put_u32be(k, slot->shard);
+    shard_meta_put(v, &slot->m);
     return db_put(s, DB_SHARD, k, 4, v, sizeof v);
+}
+
+/* The cached meta of shard, loading it (and writing back the slot's
+ * previous shard) on a miss. */
+static int shard_slot(struct store *s, uint32_t shard, struct sm_slot **out)
+{
+    uint16_t i = (uint16_t)(shard % SM_SLOTS);
+    struct sm_slot *slot = &s->sm_slots[i];
+    int rc;
+    if (slot->valid && slot->shard == shard) {
+        *out = slot;
+        return 0;
+    }
+    if (slot->valid) {
+        if ((rc = put_shard(s, slot)) != 0)
+            return rc;
+    } else {
+        s->sm_used[s->sm_used_count++] = i;
+    }
+    slot->valid = true;
+    slot->shard = shard;
+    if ((rc = load_shard(s->txn, s->dbi[DB_SHARD], shard, &slot->m)) != 0)
+        return rc;
+    *out = slot;
+    return 0;
+}
+
+/* Write every cached shard meta back and empty the table. */
+static int flush_shards(struct store *s)
+{
+    int rc = 0;
+    for (uint32_t i = 0; i < s->sm_used_count; i++) {
+        struct sm_slot *slot = &s->sm_slots[s->sm_used[i]];
+        if (rc == 0)
+            rc = put_shard(s, slot);
+        slot->valid = false;
+    }
+    s->sm_used_count = 0;
+    return rc;
 }
 
 static struct hint *hint_of(struct store *s, uint32_t shard)
@@ -812,24 +860,20 @@ static int exec_command(struct store *s, uint32_t shard, uint64_t now,
 static int apply_entry(struct store *s, const struct store_entry *e, void *arg,
                        store_apply_done_cb apply_done)
 {
-    int rc;
-    if (!s->sm_valid || s->sm_shard != e->shard) {
-        if ((rc = flush_shard(s)) != 0)
-            return rc;
-        if ((rc = load_shard(s->txn, s->dbi[DB_SHARD], e->shard, &s->sm)) != 0)
-            return rc;
-        s->sm_shard = e->shard;
-        s->sm_valid = true;
-    }
-    if (e->index <= s->sm.applied_index)
+    struct sm_slot *slot;
+    int rc = shard_slot(s, e->shard, &slot);
+    if (rc != 0)
+        return rc;
+    struct shard_meta *sm = &slot->m;
+    if (e->index <= sm->applied_index)
         return 0; /* replay of an entry already applied */
 
     struct store_result r = {e->shard, e->index, 0, NULL, 0, s->results};
     if (e->len > 0) {
         r.rc = command_decode(e->data, e->len, &s->cmd);
         if (r.rc == 0) {
-            uint64_t now = max_u64(s->sm.now_ms, s->cmd.leader_ts_ms);
-            s->sm.now_ms = now;
+            uint64_t now = max_u64(sm->now_ms, s->cmd.leader_ts_ms);
+            sm->now_ms = now;
             if ((rc = sweep_expired(s, e->shard, now)) != 0 ||
                 (rc = prune_dedup(s, e->shard, now)) != 0 ||
                 (rc = exec_command(s, e->shard, now, &s->cmd)) != 0)
@@ -838,8 +882,8 @@ static int apply_entry(struct store *s, const struct store_entry *e, void *arg,
             r.targets_count = s->cmd.targets_count;
         }
     }
-    s->sm.applied_index = e->index;
-    s->sm.applied_term = e->term;
+    sm->applied_index = e->index;
+    sm->applied_term = e->term;
     if (apply_done != NULL)
         apply_done(arg, &r);
     return 0;
@@ -856,7 +900,7 @@ int store_apply(struct store *s, const struct store_entry *entries,
         if ((rc = apply_entry(s, &entries[i], arg, apply_done)) != 0)
             return fail(s, rc);
     }
-    if ((rc = flush_shard(s)) != 0)
+    if ((rc = flush_shards(s)) != 0)
         return fail(s, rc);
     return 0;
 }
@@ -866,7 +910,7 @@ int store_checkpoint(struct store *s)
     int rc = usable(s);
     if (rc != 0)
         return rc;
-    assert(!s->sm_valid);
+    assert(s->sm_used_count == 0);
     rc = mdb_txn_commit(s->txn);
     s->txn = NULL;
     if (rc != 0)
@@ -1032,7 +1076,7 @@ static int check_key(size_t len, const uint8_t *inbox)
  * always flushed between calls). */
 static int shard_now(struct store *s, uint32_t shard, struct shard_meta *m)
 {
-    assert(!s->sm_valid);
+    assert(s->sm_used_count == 0);
     return load_shard(s->txn, s->dbi[DB_SHARD], shard, m);
 }
 

@@ -489,6 +489,56 @@ static void test_replay_is_idempotent(void **state)
     h_free(h);
 }
 
+/* One store_apply call whose entries interleave many shards, including
+ * shards that share a slot of the store's per-call shard table (1, 1025 and
+ * 2049 all map to slot 1), gives every shard the same applied index and
+ * state as applying each shard's entries on its own. */
+static void test_mixed_shard_batch(void **state)
+{
+    (void)state;
+    static const uint32_t shards[] = {1, 1025, 2049, 7, 1, 3000, 1025, 7};
+    enum { ROUNDS = 20, N = ROUNDS * 8 };
+    static uint8_t bufs[N][256];
+    static struct store_entry batch[N];
+    uint64_t next[4096] = {0};
+    uint8_t mid[INBOX_MSG_ID_BYTES];
+    for (size_t i = 0; i < N; i++) {
+        uint32_t sh = shards[i % 8];
+        char inbox[32];
+        snprintf(inbox, sizeof inbox, "u%zu", i % 5);
+        h_id(mid, i + 1);
+        size_t len = 0;
+        assert_int_equal(command_encode_enqueue(
+                             bufs[i], sizeof bufs[i], 1000 + i,
+                             (const uint8_t *)inbox, strlen(inbox), mid, 0,
+                             "x", 1, &len),
+                         0);
+        batch[i] = (struct store_entry){sh, ++next[sh], 1, bufs[i], len};
+    }
+    struct harness *h = h_new(), *g = h_new();
+    assert_int_equal(store_apply(h->s, batch, N, NULL, NULL), 0);
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(store_apply(g->s, &batch[i], 1, NULL, NULL), 0);
+    static const uint32_t distinct[] = {1, 1025, 2049, 7, 3000};
+    for (size_t k = 0; k < 5; k++) {
+        struct store_shard_info a, b;
+        assert_int_equal(store_applied(h->s, distinct[k], &a), 0);
+        assert_int_equal(store_applied(g->s, distinct[k], &b), 0);
+        assert_true(a.applied_index == next[distinct[k]]);
+        assert_true(a.applied_index == b.applied_index);
+        assert_true(a.now_ms == b.now_ms);
+        assert_true(h_hash(h, distinct[k]) == h_hash(g, distinct[k]));
+    }
+    /* And it survives a checkpoint and a reopen. */
+    assert_int_equal(store_checkpoint(h->s), 0);
+    assert_int_equal(h_reopen(h), 0);
+    struct store_shard_info a;
+    assert_int_equal(store_applied(h->s, 1025, &a), 0);
+    assert_true(a.applied_index == next[1025]);
+    h_free(g);
+    h_free(h);
+}
+
 static void test_crash_before_checkpoint(void **state)
 {
     (void)state;
@@ -887,6 +937,7 @@ int main(void)
         cmocka_unit_test(test_map_full_is_sticky),
         cmocka_unit_test(test_failed_checkpoint_is_sticky),
         cmocka_unit_test(test_second_open_is_locked),
+        cmocka_unit_test(test_mixed_shard_batch),
         cmocka_unit_test(test_snapshot_restore_roundtrip),
         cmocka_unit_test(test_snapshot_corruption_refused),
         cmocka_unit_test(test_snapshot_on_another_thread),
