@@ -44,6 +44,8 @@ static const struct opt opts[] = {
     STR("node", "metrics", metrics, "127.0.0.1:7421",
         "host:port for Prometheus /metrics (empty: off)"),
     STR("node", "log_level", log_level, "info", "debug, info, warn or error"),
+    STR("node", "advertise", advertise, "",
+        "host:port clients are told to reach this node at (default: listen)"),
     STR("tls", "ca", tls_ca, "", "cluster CA certificate (default: DATA/tls/ca.crt)"),
     STR("tls", "cert", tls_cert, "", "this node's certificate (default: DATA/tls/node.crt)"),
     STR("tls", "key", tls_key, "", "this node's private key (default: DATA/tls/node.key)"),
@@ -66,6 +68,9 @@ static const struct opt opts[] = {
     NUM("store", "dedup_window", OPT_DURATION, dedup_window_ms, 0,
         UINT64_C(30) * 24 * 3600 * 1000, "24h",
         "how long a msg id is remembered for retries"),
+    NUM("store", "default_ttl", OPT_DURATION, default_ttl_ms, 0,
+        INBOX_TTL_MS_MAX, "30d",
+        "how long a message waits when its enqueue gives no ttl"),
     NUM("limits", "connections_max", OPT_U64, conn_max, 1, 1000000, "10000",
         "client connections at once"),
     NUM("limits", "connection_inflight_max", OPT_U64, conn_inflight_max, 1,
@@ -76,6 +81,9 @@ static const struct opt opts[] = {
 };
 
 #define OPTS_COUNT (sizeof opts / sizeof opts[0])
+
+static void seterr(char *err, size_t err_bytes, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static void seterr(char *err, size_t err_bytes, const char *fmt, ...)
 {

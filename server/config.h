@@ -29,6 +29,7 @@ struct config {
     char listen[CONFIG_STRING_BYTES_MAX];  /* host:port for clients */
     char metrics[CONFIG_STRING_BYTES_MAX]; /* host:port for /metrics, "" = off */
     char log_level[16];                    /* debug, info, warn, error */
+    char advertise[CONFIG_STRING_BYTES_MAX]; /* host:port for ROUTE; "" = listen */
     /* [tls] */
     char tls_ca[CONFIG_STRING_BYTES_MAX];
     char tls_cert[CONFIG_STRING_BYTES_MAX];
@@ -43,6 +44,7 @@ struct config {
     uint64_t inbox_pending_messages_max;
     uint64_t inbox_pending_bytes_max;
     uint64_t dedup_window_ms;
+    uint64_t default_ttl_ms; /* for enqueues that give no ttl */
     /* [limits] */
     uint64_t conn_max;
     uint64_t conn_inflight_max;

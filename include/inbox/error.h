@@ -28,6 +28,7 @@
     X(TIMEOUT, 1006, "timed out")                                              \
     X(BUSY, 1007, "busy: too many requests in flight, retry later")            \
     X(INTERNAL, 1008, "internal error")                                        \
+    X(UNSUPPORTED, 1009, "operation not supported by this deployment")         \
     /* storage (engine/) */                                                    \
     X(IO, 1100, "I/O error")                                                   \
     X(CORRUPT, 1101, "corrupt record: checksum or format mismatch")            \

@@ -1,0 +1,2133 @@
+/*
+ * node.c — an inboxd node: every shard's Raft group driven over the
+ * node-wide WAL and the LMDB store (contract in node.h, story in
+ * docs/node.md).
+ *
+ * Design note
+ * -----------
+ * Threads and ownership:
+ *   - callers (the transport's loop thread, tests): build a request (all
+ *     arguments copied), count it against the bounds, and push it on the
+ *     submission list under n->mu.
+ *   - the node thread: owns every struct shard (raft, raft_log, queues),
+ *     the store (store_open/store_close happen on it too) and the request
+ *     objects once taken off the submission list. It never calls wal_sync.
+ *   - the sync thread: loops wal_sync(target_lsn) and publishes
+ *     durable_lsn; appends made while an fdatasync runs ride the next one.
+ *
+ * States of a shard (struct shard), one raft group:
+ *   IDLE      not in a ready cycle: requests go straight to raft
+ *             (raft_propose / raft_read_index).
+ *   PERSIST   raft_ready taken, its entries and hard state appended to the
+ *             WAL (run_ready), waiting for durable_lsn >= wait_lsn. Raft
+ *             must not be called: requests wait in s->incoming, ticks in
+ *             s->ticks_owed.
+ *   (a ready with nothing to persist goes IDLE -> finish at once)
+ * Transitions: run_ready (IDLE -> PERSIST), finish_ready (PERSIST -> IDLE:
+ * msgs_after, apply, reads, raft_advance, then the waiting requests).
+ *
+ * A request is split into parts, one per shard it touches. A part sits in
+ * exactly one queue of its shard at a time:
+ *   incoming  arrived while the shard was in PERSIST
+ *   proposed  its command is in raft's log at (index, term); completed
+ *             when the entry at index is applied (same term: ours; other
+ *             term or skipped: INBOX_EPROPOSAL_DROPPED)
+ *   reading   waiting for raft's read state for ctx
+ *   read_wait read index known; served when applied >= index
+ *   retry     refused with INBOX_ESTALE_READ (new leader, nothing of its
+ *             term committed yet), or past the reads raft can hand back
+ *             in one ready: asked again after the next advance
+ * Invariants (check_shard() under assert):
+ *   1. A shard in PERSIST has wait_lsn != 0 and is in n->waiting (until
+ *      the node fails: then it stays in PERSIST for good).
+ *   2. proposed is sorted by index; read_wait by read index.
+ *   3. No write is answered before the entry carrying it is durable in the
+ *      WAL and applied to the store (finish_ready runs only after
+ *      durable_lsn >= wait_lsn of the ready that persisted it).
+ *   4. Once n->failed is set, no new entry is proposed and every write in
+ *      flight is answered INBOX_EFAILED.
+ */
+#include "node.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "config.h"
+#include "inbox/error.h"
+#include "log.h"
+#include "node_meta.h"
+#include "raft.h"
+#include "raft_log.h"
+#include "wal.h"
+
+#define PATH_BYTES_MAX 1100u
+#define NODE_READY_PASSES_MAX 8u
+/* The round's record arena is kept between rounds up to this size. */
+#define NODE_ARENA_BYTES_KEPT (4u * INBOX_MIB)
+
+/* ---- requests ----------------------------------------------------------- */
+
+enum req_kind {
+    REQ_ENQUEUE,
+    REQ_ENQUEUE_MANY,
+    REQ_ACK,
+    REQ_SEEN_SET,
+    REQ_FETCH,
+    REQ_SEEN_GET,
+    REQ_INFO,
+};
+
+static bool kind_is_write(enum req_kind k)
+{
+    return k <= REQ_SEEN_SET;
+}
+
+struct req;
+
+struct part {
+    struct req *req;
+    struct part *next;
+    uint32_t shard;
+    uint32_t first;         /* into req->order */
+    uint32_t targets_count; /* targets of this shard */
+    uint64_t index;         /* proposals: entry index; reads: read index */
+    uint64_t term;          /* proposals: the leader's term */
+    uint64_t ctx;           /* reads: raft_read_index ctx */
+};
+
+struct req {
+    struct req *next; /* submission list */
+    enum req_kind kind;
+    node_done_cb done;
+    void *arg;
+    uint32_t parts_count;
+    uint32_t parts_left;
+    int rc;
+    uint64_t leader;
+    size_t bytes;
+    /* arguments (copied) */
+    uint64_t ttl_ms;
+    uint64_t u64; /* after_seq, ack seq or seen ts */
+    uint32_t max_messages;
+    uint32_t max_bytes;
+    const uint8_t *payload;
+    uint32_t payload_len;
+    uint32_t targets_count;
+    struct command_target *targets; /* request order */
+    uint32_t *order;                /* positions grouped by shard */
+    struct store_target_result *results;
+    uint64_t *seen;
+    /* single-part results */
+    uint64_t seq;
+    bool deduped;
+    struct store_inbox_info info;
+    const struct store_message *msgs;
+    size_t msgs_count;
+    struct part parts[];
+};
+
+struct pq {
+    struct part *head;
+    struct part *tail;
+};
+
+static void pq_push(struct pq *q, struct part *p)
+{
+    p->next = NULL;
+    if (q->tail)
+        q->tail->next = p;
+    else
+        q->head = p;
+    q->tail = p;
+}
+
+static struct part *pq_pop(struct pq *q)
+{
+    struct part *p = q->head;
+    if (p) {
+        q->head = p->next;
+        if (!q->head)
+            q->tail = NULL;
+        p->next = NULL;
+    }
+    return p;
+}
+
+/* Take the whole queue (its parts stay linked through next). */
+static struct part *pq_take(struct pq *q)
+{
+    struct part *p = q->head;
+    q->head = q->tail = NULL;
+    return p;
+}
+
+/* ---- node --------------------------------------------------------------- */
+
+struct shard {
+    uint32_t id;
+    struct raft *r;
+    struct raft_log log;
+    struct raft_ready rd;
+    bool in_ready;
+    bool dirty;
+    uint64_t wait_lsn;
+    uint32_t ticks_owed;
+    uint32_t reads_asked; /* raft_read_index calls since the last ready */
+    uint64_t applied;
+    uint64_t released;
+    /* Lowest index of a configuration entry applied above the release
+     * point (0: none). The WAL is not released past it: the membership
+     * at the release point must stay recoverable (docs/node.md). */
+    uint64_t conf_floor;
+    enum raft_role role_seen;
+    struct pq incoming, proposed, reading, read_wait, retry;
+    /* published for node_status (relaxed atomics) */
+    _Atomic uint64_t st_role, st_term, st_leader, st_commit, st_applied,
+        st_last, st_released;
+    struct metrics_gauge g_role, g_term;
+    char label[24];
+};
+
+struct node_metrics {
+    struct metrics_counter proposals;
+    struct metrics_counter proposals_failed;
+    struct metrics_counter reads;
+    struct metrics_counter applied;
+    struct metrics_counter busy;
+    struct metrics_counter wal_appends;
+    struct metrics_counter checkpoints;
+    struct metrics_gauge failed;
+    struct metrics_gauge wal_segments;
+    struct metrics_histogram fsync_us;
+    struct metrics_histogram fsync_records;
+    struct metrics_histogram append_records;
+    struct metrics_histogram checkpoint_us;
+};
+
+struct node {
+    struct node_options o;
+    char data_dir[PATH_BYTES_MAX];
+    struct raft_membership boot;
+    uint32_t shard_count;
+    struct shard *shards;
+    struct wal *wal;
+    struct store *store;
+    char errmsg[NODE_ERRMSG_BYTES];
+
+    pthread_t thread;
+    pthread_t sync_thread;
+    bool thread_started;
+    bool sync_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;      /* the node thread waits here */
+    pthread_cond_t sync_cv; /* the sync thread waits here */
+    pthread_cond_t ctl_cv;  /* node_open / node_checkpoint wait here */
+    /* under mu */
+    struct req *sub_head, *sub_tail;
+    uint64_t target_lsn;
+    uint64_t durable_lsn;
+    int sync_err;
+    bool sync_stop;
+    int stop; /* 0 running, 1 close, 2 abort */
+    bool start_done;
+    int start_rc;
+    bool exited;
+    uint64_t ckpt_asked, ckpt_done;
+    int ckpt_rc;
+
+    _Atomic bool accepting;
+    _Atomic int failed;
+    _Atomic uint32_t reqs_live;
+    _Atomic uint64_t bytes_live;
+
+    /* node thread only */
+    uint64_t last_ts_ms;
+    uint64_t read_ctx;
+    bool aborting;           /* node thread's copy of stop == 2 */
+    bool applied_since_ckpt; /* a checkpoint would change something */
+    uint32_t *dirty, *dirty_scratch;
+    size_t dirty_count;
+    uint32_t *waiting;
+    size_t waiting_count;
+    struct wal_record *recs;
+    size_t *recs_off;
+    size_t recs_count, recs_cap;
+    uint8_t *arena;
+    size_t arena_used, arena_cap;
+    uint64_t framed_bytes;
+    struct store_entry *sents;
+    size_t sents_cap;
+    uint8_t *cmd_buf;
+    struct command_target *tmp_targets;
+    struct store_inbox_ref *tmp_refs;
+    uint64_t *tmp_seen;
+    struct store_message *fetch_buf;
+    struct wal_release *rels;
+
+    struct node_metrics m;
+    struct metrics_desc *descs;
+    size_t descs_count;
+};
+
+/* ---- time --------------------------------------------------------------- */
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The leader's stamp: wall clock, never below the previous stamp (nor the
+ * shards' clocks recovered at open), so time in the log never runs back. */
+static uint64_t stamp_ms(struct node *n)
+{
+    uint64_t now = wall_ms();
+    if (now < n->last_ts_ms)
+        now = n->last_ts_ms;
+    n->last_ts_ms = now;
+    return now;
+}
+
+static void deadline_ts(struct timespec *ts, uint64_t ms_from_now)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(ms_from_now / 1000u);
+    ts->tv_nsec += (long)(ms_from_now % 1000u) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* snprintf that reports truncation instead of warning about it. */
+__attribute__((format(printf, 3, 4))) static int fmt(char *buf, size_t cap,
+                                                     const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    int k = vsnprintf(buf, cap, f, ap);
+    va_end(ap);
+    return k < 0 || (size_t)k >= cap ? INBOX_ERANGE : 0;
+}
+
+/* ---- completion --------------------------------------------------------- */
+
+static void req_free(struct node *n, struct req *q)
+{
+    atomic_fetch_sub_explicit(&n->bytes_live, q->bytes, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&n->reqs_live, 1u, memory_order_relaxed);
+    free(q);
+}
+
+static void req_complete(struct node *n, struct req *q)
+{
+    struct node_result res;
+    memset(&res, 0, sizeof(res));
+    res.rc = q->rc;
+    res.shard = q->parts[0].shard;
+    res.leader = q->leader;
+    switch (q->kind) {
+    case REQ_ENQUEUE:
+        res.seq = q->seq;
+        res.deduped = q->deduped;
+        break;
+    case REQ_ENQUEUE_MANY:
+        res.targets = q->results;
+        res.targets_count = q->targets_count;
+        break;
+    case REQ_FETCH:
+        res.messages = q->msgs;
+        res.messages_count = q->msgs_count;
+        res.info = q->info;
+        break;
+    case REQ_SEEN_GET:
+        res.seen_ms = q->seen;
+        res.seen_count = q->targets_count;
+        break;
+    case REQ_INFO:
+        res.info = q->info;
+        break;
+    default:
+        break;
+    }
+    q->done(q->arg, &res);
+    req_free(n, q);
+}
+
+/* A part is finished with rc (0 or its shard's whole-part error). */
+static void part_finish(struct node *n, struct part *p, int rc)
+{
+    struct req *q = p->req;
+    if (rc != 0) {
+        if (q->rc == 0)
+            q->rc = rc;
+        if (q->kind == REQ_ENQUEUE_MANY)
+            for (uint32_t i = 0; i < p->targets_count; i++)
+                q->results[q->order[p->first + i]].rc = rc;
+        if (kind_is_write(q->kind))
+            metrics_counter_add(&n->m.proposals_failed, 1);
+    }
+    assert(q->parts_left > 0);
+    if (--q->parts_left == 0)
+        req_complete(n, q);
+}
+
+static void part_fail_leader(struct node *n, struct shard *s, struct part *p,
+                             int rc)
+{
+    if (rc == INBOX_ENOT_LEADER && s->r)
+        p->req->leader = raft_leader(s->r);
+    part_finish(n, p, rc);
+}
+
+static void pq_fail_all(struct node *n, struct pq *q, int rc)
+{
+    struct part *p;
+    while ((p = pq_pop(q)) != NULL)
+        part_finish(n, p, rc);
+}
+
+/* ---- sticky failure ----------------------------------------------------- */
+
+static void serve_read(struct node *n, struct shard *s, struct part *p);
+
+static bool single_self_voter(const struct node *n,
+                              const struct raft_membership *m)
+{
+    return m->voters_count == 1 && m->voters[0] == n->o.node_id;
+}
+
+/* A read after the storage failed: with one voter, and that voter us, no
+ * write can be accepted anywhere any more, so the applied state is the
+ * final one and serving it is linearizable (writes answered EFAILED are
+ * indeterminate: they may reappear after a restart, like any write whose
+ * answer was lost). With other voters this node must not answer. */
+static void read_after_failure(struct node *n, struct shard *s, struct part *p)
+{
+    if (s->r && single_self_voter(n, raft_membership(s->r)))
+        serve_read(n, s, p);
+    else
+        part_finish(n, p, INBOX_EFAILED);
+}
+
+/* Storage failed: log it loudly, answer every write in flight with
+ * INBOX_EFAILED, and serve the reads in flight from the state applied so
+ * far, which (one voter: nobody else can have accepted a write) is the
+ * final state. Shards stuck in PERSIST stay there. */
+static void node_fail(struct node *n, const char *what, int rc)
+{
+    if (atomic_load(&n->failed) != 0)
+        return;
+    atomic_store(&n->failed, rc ? rc : INBOX_EINTERNAL);
+    metrics_gauge_set(&n->m.failed, 1);
+    log_error("node", "STORAGE FAILED: refusing all writes until restart",
+              "what=%s rc=%d err=%s node=%llu", what, rc, inbox_err_name(rc),
+              (unsigned long long)n->o.node_id);
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        struct shard *s = &n->shards[i];
+        pq_fail_all(n, &s->proposed, INBOX_EFAILED);
+        struct pq all[] = {s->incoming, s->reading, s->read_wait, s->retry};
+        s->incoming = s->reading = s->read_wait = s->retry = (struct pq){0};
+        for (size_t k = 0; k < sizeof(all) / sizeof(all[0]); k++) {
+            struct part *p;
+            while ((p = pq_pop(&all[k])) != NULL) {
+                if (kind_is_write(p->req->kind))
+                    part_finish(n, p, INBOX_EFAILED);
+                else
+                    read_after_failure(n, s, p);
+            }
+        }
+    }
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static void mark_dirty(struct node *n, struct shard *s)
+{
+    if (!s->dirty) {
+        s->dirty = true;
+        n->dirty[n->dirty_count++] = s->id;
+    }
+}
+
+static int encode_part(struct node *n, struct part *p, size_t *len)
+{
+    struct req *q = p->req;
+    uint64_t ts = stamp_ms(n);
+    const struct command_target *t = &q->targets[q->order[p->first]];
+    switch (q->kind) {
+    case REQ_ENQUEUE:
+        return command_encode_enqueue(
+            n->cmd_buf, INBOX_COMMAND_BYTES_MAX, ts, t->inbox, t->inbox_len,
+            t->msg_id, q->ttl_ms, q->payload, q->payload_len, len);
+    case REQ_ENQUEUE_MANY:
+        for (uint32_t i = 0; i < p->targets_count; i++)
+            n->tmp_targets[i] = q->targets[q->order[p->first + i]];
+        return command_encode_enqueue_many(
+            n->cmd_buf, INBOX_COMMAND_BYTES_MAX, ts, q->ttl_ms, q->payload,
+            q->payload_len, n->tmp_targets, p->targets_count, len);
+    case REQ_ACK:
+        return command_encode_ack(n->cmd_buf, INBOX_COMMAND_BYTES_MAX, ts,
+                                  t->inbox, t->inbox_len, q->u64, len);
+    case REQ_SEEN_SET:
+        return command_encode_seen_set(n->cmd_buf, INBOX_COMMAND_BYTES_MAX, ts,
+                                       t->inbox, t->inbox_len, q->u64, len);
+    default:
+        return INBOX_EINTERNAL;
+    }
+}
+
+/* Our log was cut at index (a later leader overwrote it, §5.3) and we
+ * lead again: proposals at or above it will never apply as ours. Keeps
+ * invariant 2. Rare, so a walk is fine. */
+static void drop_proposals_from(struct node *n, struct shard *s, uint64_t index)
+{
+    struct part *list = pq_take(&s->proposed), *next;
+    for (struct part *p = list; p; p = next) {
+        next = p->next;
+        if (p->index >= index)
+            part_finish(n, p, INBOX_EPROPOSAL_DROPPED);
+        else
+            pq_push(&s->proposed, p);
+    }
+}
+
+static void propose(struct node *n, struct shard *s, struct part *p)
+{
+    size_t len = 0;
+    int rc = encode_part(n, p, &len);
+    if (rc == 0)
+        rc = raft_propose(s->r, n->cmd_buf, (uint32_t)len, &p->index);
+    if (rc != 0) {
+        part_fail_leader(n, s, p, rc);
+        return;
+    }
+    p->term = raft_term(s->r);
+    metrics_counter_add(&n->m.proposals, 1);
+    if (s->proposed.tail && s->proposed.tail->index >= p->index)
+        drop_proposals_from(n, s, p->index);
+    pq_push(&s->proposed, p);
+}
+
+static void read_index(struct node *n, struct shard *s, struct part *p)
+{
+    /* Raft hands out at most INBOX_RAFT_READS_PENDING_MAX read states per
+     * ready and silently drops the rest (see docs/node.md, "Known
+     * gaps"), so ask for no more than that per cycle; the others wait for
+     * the next advance. */
+    if (s->reads_asked >= INBOX_RAFT_READS_PENDING_MAX) {
+        pq_push(&s->retry, p);
+        return;
+    }
+    s->reads_asked++;
+    p->ctx = ++n->read_ctx;
+    int rc = raft_read_index(s->r, p->ctx);
+    if (rc == 0)
+        pq_push(&s->reading, p);
+    else if (rc == INBOX_ESTALE_READ)
+        pq_push(&s->retry, p);
+    else
+        part_fail_leader(n, s, p, rc);
+}
+
+/* Hand a part to its shard's raft, or park it while the shard is in a
+ * ready cycle (raft must not be called between ready and advance). */
+static void shard_dispatch(struct node *n, struct shard *s, struct part *p)
+{
+    bool write = kind_is_write(p->req->kind);
+    if (atomic_load(&n->failed) != 0) {
+        if (write)
+            part_finish(n, p, INBOX_EFAILED);
+        else
+            read_after_failure(n, s, p);
+        return;
+    }
+    if (s->in_ready) {
+        pq_push(&s->incoming, p);
+        return;
+    }
+    if (write)
+        propose(n, s, p);
+    else
+        read_index(n, s, p);
+    mark_dirty(n, s);
+}
+
+static void dispatch_requests(struct node *n, struct req *list)
+{
+    while (list) {
+        struct req *q = list;
+        list = q->next;
+        q->next = NULL;
+        if (n->aborting) {
+            q->rc = INBOX_ESHUTDOWN;
+            q->parts_left = 0;
+            req_complete(n, q);
+            continue;
+        }
+        uint32_t count = q->parts_count;
+        for (uint32_t i = 0; i < count; i++)
+            shard_dispatch(n, &n->shards[q->parts[i].shard], &q->parts[i]);
+    }
+}
+
+/* ---- reads -------------------------------------------------------------- */
+
+static void serve_read(struct node *n, struct shard *s, struct part *p)
+{
+    struct req *q = p->req;
+    const struct command_target *t = &q->targets[q->order[p->first]];
+    int rc = 0;
+    metrics_counter_add(&n->m.reads, 1);
+    switch (q->kind) {
+    case REQ_FETCH:
+        rc = store_fetch_since(n->store, s->id, t->inbox, t->inbox_len, q->u64,
+                               q->max_messages, q->max_bytes, n->fetch_buf,
+                               &q->msgs_count);
+        q->msgs = n->fetch_buf;
+        /* The inbox's acked and last seq, from the same state, for the
+         * FETCH response (the store reads only; payloads stay valid). */
+        if (rc == 0)
+            rc = store_inbox_info(n->store, s->id, t->inbox, t->inbox_len,
+                                  &q->info);
+        break;
+    case REQ_INFO:
+        rc =
+            store_inbox_info(n->store, s->id, t->inbox, t->inbox_len, &q->info);
+        break;
+    case REQ_SEEN_GET:
+        for (uint32_t i = 0; i < p->targets_count; i++) {
+            const struct command_target *ti =
+                &q->targets[q->order[p->first + i]];
+            n->tmp_refs[i].shard = s->id;
+            n->tmp_refs[i].inbox = ti->inbox;
+            n->tmp_refs[i].inbox_len = ti->inbox_len;
+        }
+        rc = store_seen_get(n->store, n->tmp_refs, p->targets_count,
+                            n->tmp_seen);
+        for (uint32_t i = 0; rc == 0 && i < p->targets_count; i++)
+            q->seen[q->order[p->first + i]] = n->tmp_seen[i];
+        break;
+    default:
+        rc = INBOX_EINTERNAL;
+        break;
+    }
+    /* The callback runs inside part_finish when this is the last part, so
+     * FETCH payloads are still valid (no store call in between). */
+    part_finish(n, p, rc);
+}
+
+static void serve_reads_ready(struct node *n, struct shard *s)
+{
+    while (s->read_wait.head && s->read_wait.head->index <= s->applied)
+        serve_read(n, s, pq_pop(&s->read_wait));
+}
+
+/* Read states of this ready: move their parts to read_wait. Raft hands
+ * them back in the order they were asked, so the search is short. */
+static void take_read_states(struct shard *s, const struct raft_ready *rd)
+{
+    for (size_t i = 0; i < rd->reads_count; i++) {
+        struct part *prev = NULL, *p = s->reading.head;
+        while (p && p->ctx != rd->reads[i].ctx) {
+            prev = p;
+            p = p->next;
+        }
+        if (!p)
+            continue;
+        if (prev)
+            prev->next = p->next;
+        else
+            s->reading.head = p->next;
+        if (s->reading.tail == p)
+            s->reading.tail = prev;
+        p->index = rd->reads[i].index;
+        /* Read indexes are commit indexes: non-decreasing (invariant 2). */
+        assert(!s->read_wait.tail || s->read_wait.tail->index <= p->index);
+        pq_push(&s->read_wait, p);
+    }
+}
+
+/* ---- apply -------------------------------------------------------------- */
+
+struct apply_ctx {
+    struct node *n;
+    struct shard *s;
+    const struct raft_entry *ents;
+    size_t count;
+    size_t cursor;
+};
+
+static void write_result(struct part *p, const struct store_result *r)
+{
+    struct req *q = p->req;
+    if (r->rc != 0 || r->targets_count != p->targets_count) {
+        if (q->rc == 0)
+            q->rc = r->rc ? r->rc : INBOX_EINTERNAL;
+        return;
+    }
+    switch (q->kind) {
+    case REQ_ENQUEUE:
+        q->seq = r->targets[0].seq;
+        q->deduped = r->targets[0].deduped != 0;
+        q->rc = r->targets[0].rc;
+        break;
+    case REQ_ENQUEUE_MANY:
+        for (uint32_t i = 0; i < p->targets_count; i++)
+            q->results[q->order[p->first + i]] = r->targets[i];
+        break;
+    default:
+        q->rc = r->targets[0].rc;
+        break;
+    }
+}
+
+static void notify_enqueues(struct node *n, const struct store_result *r)
+{
+    const struct command *c = r->command;
+    if (!n->o.enqueue_applied || !c ||
+        (c->type != COMMAND_ENQUEUE && c->type != COMMAND_ENQUEUE_MANY))
+        return;
+    for (uint32_t i = 0; i < r->targets_count && i < c->targets_count; i++)
+        if (r->targets[i].rc == 0 && !r->targets[i].deduped)
+            n->o.enqueue_applied(n->o.enqueue_applied_arg, r->shard,
+                                 c->targets[i].inbox, c->targets[i].inbox_len,
+                                 r->targets[i].seq);
+}
+
+static void apply_done(void *arg, const struct store_result *r)
+{
+    struct apply_ctx *a = arg;
+    struct node *n = a->n;
+    struct shard *s = a->s;
+    while (a->cursor < a->count && a->ents[a->cursor].index < r->index)
+        a->cursor++;
+    assert(a->cursor < a->count && a->ents[a->cursor].index == r->index);
+    uint64_t term = a->ents[a->cursor].term;
+    /* Entries replayed after a restart carry earlier stamps of ours (or a
+     * previous leader's): never stamp below them. */
+    if (r->command && r->command->leader_ts_ms > n->last_ts_ms)
+        n->last_ts_ms = r->command->leader_ts_ms;
+    notify_enqueues(n, r);
+    /* Proposals below this index never made it into the log. */
+    while (s->proposed.head && s->proposed.head->index < r->index)
+        part_finish(n, pq_pop(&s->proposed), INBOX_EPROPOSAL_DROPPED);
+    struct part *p = s->proposed.head;
+    if (!p || p->index != r->index)
+        return;
+    pq_pop(&s->proposed);
+    if (p->term != term) { /* another leader's entry took the index */
+        part_finish(n, p, INBOX_EPROPOSAL_DROPPED);
+        return;
+    }
+    write_result(p, r);
+    part_finish(n, p, 0);
+}
+
+static int apply_committed(struct node *n, struct shard *s,
+                           const struct raft_ready *rd)
+{
+    size_t count = rd->committed_count;
+    if (count == 0)
+        return 0;
+    if (count > n->sents_cap) {
+        struct store_entry *e = realloc(n->sents, count * sizeof(*e));
+        if (!e)
+            return INBOX_ENOMEM;
+        n->sents = e;
+        n->sents_cap = count;
+    }
+    for (size_t i = 0; i < count; i++) {
+        const struct raft_entry *e = &rd->committed[i];
+        bool conf = e->type == RAFT_ENTRY_CONF;
+        if (conf && s->conf_floor == 0)
+            s->conf_floor = e->index;
+        n->sents[i].shard = s->id;
+        n->sents[i].index = e->index;
+        n->sents[i].term = e->term;
+        /* Configuration entries are no-ops for the store (raft keeps the
+         * membership); they only advance its applied index. */
+        n->sents[i].data = conf ? NULL : e->data;
+        n->sents[i].len = conf ? 0 : e->len;
+    }
+    struct apply_ctx a = {n, s, rd->committed, count, 0};
+    int rc = store_apply(n->store, n->sents, count, &a, apply_done);
+    if (rc != 0)
+        return rc;
+    s->applied = rd->committed[count - 1].index;
+    n->applied_since_ckpt = true;
+    metrics_counter_add(&n->m.applied, count);
+    return 0;
+}
+
+/* ---- the ready cycle ---------------------------------------------------- */
+
+/* The seam for replication: raft's messages leave through here. With one
+ * voter there is nobody to send to; the cluster issue plugs the peer
+ * transport in (messages and their entries must be copied by it: they are
+ * raft's until raft_advance). */
+static void send_msgs(struct node *n, const struct raft_msg *msgs, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (msgs[i].to != n->o.node_id)
+            log_debug("node", "raft message dropped: no transport",
+                      "shard=%llu to=%llu type=%s",
+                      (unsigned long long)msgs[i].group,
+                      (unsigned long long)msgs[i].to,
+                      raft_msg_type_name(msgs[i].type));
+}
+
+static void publish(struct shard *s)
+{
+    atomic_store_explicit(&s->st_role, (uint64_t)raft_role(s->r),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->st_term, raft_term(s->r), memory_order_relaxed);
+    atomic_store_explicit(&s->st_leader, raft_leader(s->r),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->st_commit, raft_commit(s->r),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->st_applied, s->applied, memory_order_relaxed);
+    atomic_store_explicit(&s->st_last, raft_last_index(s->r),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->st_released, s->released, memory_order_relaxed);
+    metrics_gauge_set(&s->g_role, (int64_t)raft_role(s->r));
+    metrics_gauge_set(&s->g_term, (int64_t)raft_term(s->r));
+}
+
+#ifndef NDEBUG
+/* Invariant 2 (and parts belong to this shard). */
+static bool check_shard(const struct shard *s)
+{
+    uint64_t last = 0;
+    for (const struct part *p = s->proposed.head; p; p = p->next) {
+        if (p->shard != s->id || p->index <= last)
+            return false;
+        last = p->index;
+    }
+    last = 0;
+    for (const struct part *p = s->read_wait.head; p; p = p->next) {
+        if (p->shard != s->id || p->index < last)
+            return false;
+        last = p->index;
+    }
+    return true;
+}
+#endif
+
+/* Steps 3-5 of raft.h's loop, once the ready's state is durable. */
+static void finish_ready(struct node *n, struct shard *s)
+{
+    struct raft_ready *rd = &s->rd;
+    assert(s->in_ready);
+    assert(check_shard(s));
+    send_msgs(n, rd->msgs_after, rd->msgs_after_count);
+    int rc = apply_committed(n, s, rd);
+    if (rc != 0) {
+        node_fail(n, "store_apply", rc);
+        return; /* the shard stays in its ready: nothing more is applied */
+    }
+    take_read_states(s, rd);
+    serve_reads_ready(n, s);
+    raft_advance(s->r, rd);
+    raft_log_reads_done(&s->log);
+    s->in_ready = false;
+    s->wait_lsn = 0;
+    enum raft_role role = raft_role(s->r);
+    if (role != RAFT_LEADER && s->role_seen == RAFT_LEADER) {
+        /* Raft dropped its pending reads when it stepped down. */
+        struct part *p;
+        while ((p = pq_pop(&s->reading)) != NULL)
+            part_fail_leader(n, s, p, INBOX_ENOT_LEADER);
+    }
+    if (role != s->role_seen)
+        log_info("node", "shard role changed",
+                 "shard=%u role=%s term=%llu leader=%llu", s->id,
+                 raft_role_name(role), (unsigned long long)raft_term(s->r),
+                 (unsigned long long)raft_leader(s->r));
+    s->role_seen = role;
+    for (; s->ticks_owed > 0; s->ticks_owed--)
+        raft_tick(s->r);
+    struct part *list = pq_take(&s->retry), *next;
+    for (struct part *p = list; p; p = next) {
+        next = p->next;
+        shard_dispatch(n, s, p);
+    }
+    list = pq_take(&s->incoming);
+    for (struct part *p = list; p; p = next) {
+        next = p->next;
+        shard_dispatch(n, s, p);
+    }
+    publish(s);
+    mark_dirty(n, s);
+    assert(check_shard(s));
+}
+
+static int batch_reserve(struct node *n, size_t bytes)
+{
+    if (n->recs_count == n->recs_cap) {
+        size_t cap = n->recs_cap ? n->recs_cap * 2u : 256u;
+        struct wal_record *r = realloc(n->recs, cap * sizeof(*r));
+        if (!r)
+            return INBOX_ENOMEM;
+        n->recs = r;
+        size_t *o = realloc(n->recs_off, cap * sizeof(*o));
+        if (!o)
+            return INBOX_ENOMEM;
+        n->recs_off = o;
+        n->recs_cap = cap;
+    }
+    if (n->arena_used + bytes > n->arena_cap) {
+        size_t cap = n->arena_cap ? n->arena_cap : 64u * INBOX_KIB;
+        while (cap < n->arena_used + bytes)
+            cap *= 2u;
+        uint8_t *a = realloc(n->arena, cap);
+        if (!a)
+            return INBOX_ENOMEM;
+        n->arena = a;
+        n->arena_cap = cap;
+    }
+    return 0;
+}
+
+/* Write the records gathered so far with one wal_append. */
+static int batch_flush(struct node *n, uint64_t *lsn)
+{
+    if (n->recs_count == 0)
+        return 0;
+    for (size_t i = 0; i < n->recs_count; i++)
+        if (n->recs[i].type == WAL_RECORD_ENTRY)
+            n->recs[i].data = n->arena + n->recs_off[i];
+    int rc = wal_append(n->wal, n->recs, n->recs_count, lsn);
+    metrics_counter_add(&n->m.wal_appends, 1);
+    metrics_histogram_record(&n->m.append_records, n->recs_count);
+    n->recs_count = 0;
+    n->arena_used = 0;
+    n->framed_bytes = 0;
+    if (n->arena_cap > NODE_ARENA_BYTES_KEPT) { /* one huge round */
+        free(n->arena);
+        n->arena = NULL;
+        n->arena_cap = 0;
+    }
+    return rc;
+}
+
+/* Make room for one record of `bytes` payload, flushing first when the
+ * batch would pass wal_append's bounds. */
+static int batch_room(struct node *n, size_t bytes, uint64_t *lsn)
+{
+    uint64_t framed = bytes + INBOX_WAL_RECORD_OVERHEAD_BYTES;
+    if (n->recs_count == INBOX_WAL_BATCH_RECORDS_MAX ||
+        n->framed_bytes + framed > INBOX_WAL_BATCH_BYTES_MAX) {
+        int rc = batch_flush(n, lsn);
+        if (rc != 0)
+            return rc;
+    }
+    int rc = batch_reserve(n, bytes);
+    if (rc == 0)
+        n->framed_bytes += framed;
+    return rc;
+}
+
+static int batch_add_entry(struct node *n, const struct shard *s,
+                           const struct raft_entry *e, uint64_t *lsn)
+{
+    size_t bytes = raft_log_record_bytes(e->len);
+    int rc = batch_room(n, bytes, lsn);
+    if (rc != 0)
+        return rc;
+    size_t i = n->recs_count++;
+    n->recs_off[i] = n->arena_used;
+    raft_log_entry_record(&s->log, e, n->arena + n->arena_used, &n->recs[i]);
+    n->recs[i].data = NULL; /* fixed up at flush: the arena may move */
+    n->arena_used += bytes;
+    return 0;
+}
+
+static int batch_add_hard_state(struct node *n, const struct shard *s,
+                                const struct raft_hard_state *hs, uint64_t *lsn)
+{
+    int rc = batch_room(n, 0, lsn);
+    if (rc != 0)
+        return rc;
+    size_t i = n->recs_count++;
+    n->recs_off[i] = 0;
+    raft_log_hard_state_record(&s->log, hs, &n->recs[i]);
+    return 0;
+}
+
+/* Step 2 of raft.h's loop for one shard: its entries, then its hard state,
+ * into the round's batch. */
+static int persist_ready(struct node *n, struct shard *s, uint64_t *lsn)
+{
+    const struct raft_ready *rd = &s->rd;
+    for (size_t i = 0; i < rd->entries_count; i++) {
+        int rc = batch_add_entry(n, s, &rd->entries[i], lsn);
+        if (rc != 0)
+            return rc;
+    }
+    if (rd->hard_state_changed)
+        return batch_add_hard_state(n, s, &rd->hard_state, lsn);
+    return 0;
+}
+
+static void start_ready(struct node *n, struct shard *s, uint64_t *lsn,
+                        bool *persisting)
+{
+    *persisting = false;
+    if (raft_ready(s->r, &s->rd) != 0)
+        return;
+    s->in_ready = true;
+    s->reads_asked = 0;
+    send_msgs(n, s->rd.msgs, s->rd.msgs_count);
+    if (s->rd.snapshot || s->rd.snapshot_chunk) {
+        /* Only a follower receives snapshots; with one voter this cannot
+         * happen. Installing them is the replication issue's work. */
+        node_fail(n, "snapshot install (unsupported)", INBOX_EINTERNAL);
+        return;
+    }
+    if (s->rd.entries_count == 0 && !s->rd.hard_state_changed) {
+        finish_ready(n, s);
+        return;
+    }
+    int rc = persist_ready(n, s, lsn);
+    if (rc != 0) {
+        node_fail(n, "wal_append", rc);
+        return;
+    }
+    *persisting = true;
+}
+
+/* One round: every dirty shard with a ready gets its state into one
+ * wal_append (several only past the batch bounds), then the sync thread is
+ * asked for durability. Shards with nothing to persist finish at once and
+ * may produce another ready, hence the passes. */
+static void run_ready(struct node *n)
+{
+    uint64_t lsn = 0;
+    size_t first_waiting = n->waiting_count;
+    for (unsigned pass = 0; pass < NODE_READY_PASSES_MAX && n->dirty_count;
+         pass++) {
+        uint32_t *list = n->dirty;
+        size_t count = n->dirty_count;
+        n->dirty = n->dirty_scratch;
+        n->dirty_scratch = list;
+        n->dirty_count = 0;
+        for (size_t i = 0; i < count; i++) {
+            struct shard *s = &n->shards[list[i]];
+            s->dirty = false;
+            if (s->in_ready || atomic_load(&n->failed) != 0 ||
+                !raft_has_ready(s->r))
+                continue;
+            bool persisting = false;
+            start_ready(n, s, &lsn, &persisting);
+            if (persisting)
+                n->waiting[n->waiting_count++] = s->id;
+        }
+    }
+    if (n->waiting_count == first_waiting)
+        return;
+    int rc = batch_flush(n, &lsn);
+    if (rc != 0) {
+        node_fail(n, "wal_append", rc);
+        return;
+    }
+    for (size_t i = first_waiting; i < n->waiting_count; i++)
+        n->shards[n->waiting[i]].wait_lsn = lsn;
+    pthread_mutex_lock(&n->mu);
+    if (lsn > n->target_lsn)
+        n->target_lsn = lsn;
+    pthread_cond_signal(&n->sync_cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* Finish every shard whose ready is now durable. */
+static void complete_durable(struct node *n, uint64_t durable)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n->waiting_count; i++) {
+        struct shard *s = &n->shards[n->waiting[i]];
+        if (s->wait_lsn != 0 && s->wait_lsn <= durable &&
+            atomic_load(&n->failed) == 0)
+            finish_ready(n, s);
+        else
+            n->waiting[k++] = n->waiting[i];
+    }
+    n->waiting_count = k;
+}
+
+static void tick_all(struct node *n)
+{
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        struct shard *s = &n->shards[i];
+        if (s->in_ready) {
+            s->ticks_owed++;
+            continue;
+        }
+        raft_tick(s->r);
+        publish(s);
+        mark_dirty(n, s);
+    }
+}
+
+/* ---- checkpoints -------------------------------------------------------- */
+
+/* Commit the store (full sync), then release every shard's WAL prefix up to
+ * what the store now holds durably, so old segments get deleted. */
+static int checkpoint(struct node *n)
+{
+    if (atomic_load(&n->failed) != 0)
+        return INBOX_EFAILED;
+    if (!n->applied_since_ckpt)
+        return 0; /* an idle node does not sync every interval */
+    n->applied_since_ckpt = false;
+    uint64_t t0 = mono_us();
+    int rc = store_checkpoint(n->store);
+    if (rc != 0) {
+        node_fail(n, "store_checkpoint", rc);
+        return rc;
+    }
+    size_t k = 0;
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        struct shard *s = &n->shards[i];
+        uint64_t d = 0, term = 0;
+        if (store_durable_index(n->store, s->id, &d) != 0)
+            continue;
+        if (s->conf_floor != 0 && d >= s->conf_floor)
+            d = s->conf_floor - 1u;
+        if (d <= s->released || wal_term(n->wal, s->id, d, &term) != 0)
+            continue;
+        n->rels[k].shard = s->id;
+        n->rels[k].index = d;
+        n->rels[k].term = term;
+        k++;
+    }
+    for (size_t done = 0; done < k;) {
+        size_t chunk = k - done;
+        if (chunk > INBOX_WAL_BATCH_RECORDS_MAX)
+            chunk = INBOX_WAL_BATCH_RECORDS_MAX;
+        rc = wal_release_prefixes(n->wal, n->rels + done, chunk);
+        if (rc != 0) {
+            node_fail(n, "wal_release_prefixes", rc);
+            return rc;
+        }
+        for (size_t i = done; i < done + chunk; i++) {
+            struct shard *s = &n->shards[n->rels[i].shard];
+            s->released = n->rels[i].index;
+            publish(s);
+        }
+        done += chunk;
+    }
+    struct wal_stats ws;
+    wal_stats_get(n->wal, &ws);
+    metrics_gauge_set(&n->m.wal_segments, (int64_t)ws.segments);
+    metrics_counter_add(&n->m.checkpoints, 1);
+    metrics_histogram_record(&n->m.checkpoint_us, mono_us() - t0);
+    return 0;
+}
+
+/* ---- the node thread ---------------------------------------------------- */
+
+static void *raft_alloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    return malloc(size);
+}
+
+static void raft_free(void *ctx, void *p, size_t size)
+{
+    (void)ctx;
+    (void)size;
+    free(p);
+}
+
+static int shard_start(struct node *n, struct shard *s)
+{
+    raft_log_init(&s->log, n->wal, s->id, &n->boot);
+    struct raft_hard_state hs;
+    int rc = raft_log_hard_state(&s->log, &hs);
+    if (rc != 0)
+        return rc;
+    struct store_shard_info info;
+    rc = store_applied(n->store, s->id, &info);
+    if (rc != 0)
+        return rc;
+    if (info.now_ms > n->last_ts_ms)
+        n->last_ts_ms = info.now_ms;
+    struct raft_options ro;
+    raft_options_default(&ro);
+    ro.id = n->o.node_id;
+    ro.group = s->id;
+    ro.seed = n->o.node_id * 0x9E3779B97F4A7C15ull ^ (s->id + 1u) ^ wall_ms();
+    if (n->o.election_ticks)
+        ro.election_ticks = n->o.election_ticks;
+    if (n->o.heartbeat_ticks)
+        ro.heartbeat_ticks = n->o.heartbeat_ticks;
+    if (n->o.uncommitted_bytes_max)
+        ro.uncommitted_bytes_max = n->o.uncommitted_bytes_max;
+    ro.applied = info.applied_index;
+    raft_log_storage(&s->log, &ro.storage);
+    ro.allocator.alloc = raft_alloc;
+    ro.allocator.free = raft_free;
+    rc = raft_create(&ro, &hs, &s->r);
+    raft_log_reads_done(&s->log);
+    if (rc != 0) {
+        (void)fmt(n->errmsg, sizeof(n->errmsg),
+                  "shard %u: cannot recover raft (store applied %llu, wal "
+                  "commit %llu): %s",
+                  s->id, (unsigned long long)info.applied_index,
+                  (unsigned long long)hs.commit, inbox_strerror(rc));
+        return rc;
+    }
+    s->applied = info.applied_index;
+    uint64_t first = 1, last = 0;
+    (void)wal_range(n->wal, s->id, &first, &last);
+    s->released = first - 1u;
+    /* One voter, and it is us: no election to wait for. */
+    if (single_self_voter(n, raft_membership(s->r)))
+        (void)raft_campaign(s->r);
+    s->role_seen = RAFT_FOLLOWER;
+    publish(s);
+    mark_dirty(n, s);
+    return 0;
+}
+
+static int node_startup(struct node *n)
+{
+    char path[PATH_BYTES_MAX];
+    struct store_options so;
+    store_options_init(&so);
+    (void)fmt(path, sizeof(path), "%s/store", n->data_dir);
+    so.path = path;
+    if (n->o.store_map_bytes)
+        so.map_size = n->o.store_map_bytes;
+    if (n->o.inbox_pending_messages_max)
+        so.pending_messages_max = n->o.inbox_pending_messages_max;
+    if (n->o.inbox_pending_bytes_max)
+        so.pending_bytes_max = n->o.inbox_pending_bytes_max;
+    if (n->o.dedup_window_ms)
+        so.dedup_window_ms = n->o.dedup_window_ms;
+    int rc = store_open(&so, &n->store);
+    if (rc != 0) {
+        (void)fmt(n->errmsg, sizeof(n->errmsg), "%s: cannot open store: %s",
+                  path, inbox_strerror(rc));
+        return rc;
+    }
+    (void)fmt(path, sizeof(path), "%s/wal", n->data_dir);
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+        rc = -errno;
+        (void)fmt(n->errmsg, sizeof(n->errmsg), "%s: %s", path,
+                  strerror(errno));
+        return rc;
+    }
+    char walmsg[NODE_ERRMSG_BYTES] = "";
+    struct wal_options wo = {
+        .dir = path,
+        .segment_bytes = n->o.wal_segment_bytes,
+        .vfs = n->o.wal_vfs,
+        .errmsg = walmsg,
+        .errmsg_bytes = sizeof(walmsg),
+    };
+    rc = wal_open(&wo, &n->wal);
+    if (rc != 0) {
+        (void)fmt(n->errmsg, sizeof(n->errmsg), "cannot open WAL: %s: %s",
+                  inbox_strerror(rc), walmsg);
+        return rc;
+    }
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        rc = shard_start(n, &n->shards[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void shards_destroy(struct node *n)
+{
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        struct shard *s = &n->shards[i];
+        if (s->r)
+            raft_destroy(s->r);
+        s->r = NULL;
+        raft_log_free(&s->log);
+    }
+}
+
+static void fail_everything(struct node *n, int rc)
+{
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        struct shard *s = &n->shards[i];
+        pq_fail_all(n, &s->incoming, rc);
+        pq_fail_all(n, &s->proposed, rc);
+        pq_fail_all(n, &s->reading, rc);
+        pq_fail_all(n, &s->read_wait, rc);
+        pq_fail_all(n, &s->retry, rc);
+    }
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* Wait for work: a submission, a durability report, a control request, or
+ * the next timer. Returns with n->mu held. */
+static void wait_for_work(struct node *n, uint64_t seen_durable, int seen_stop,
+                          uint64_t wake_at_ms)
+{
+    pthread_mutex_lock(&n->mu);
+    while (!n->sub_head && n->durable_lsn == seen_durable && !n->sync_err &&
+           n->stop == seen_stop && n->ckpt_asked == n->ckpt_done) {
+        uint64_t now = mono_ms();
+        if (now >= wake_at_ms)
+            break;
+        struct timespec ts;
+        deadline_ts(&ts, wake_at_ms - now);
+        pthread_cond_timedwait(&n->cv, &n->mu, &ts);
+    }
+}
+
+static bool drained(const struct node *n)
+{
+    return atomic_load(&n->reqs_live) == 0 && n->waiting_count == 0;
+}
+
+static void node_loop(struct node *n)
+{
+    uint64_t tick_ms = n->o.tick_interval_ms;
+    uint64_t ckpt_ms = n->o.checkpoint_interval_ms;
+    uint64_t next_tick = mono_ms() + tick_ms;
+    uint64_t next_ckpt = mono_ms() + ckpt_ms;
+    uint64_t seen_durable = 0, drain_until = 0;
+    int stop = 0;
+    for (;;) {
+        bool idle = n->dirty_count == 0;
+        wait_for_work(n, seen_durable, stop,
+                      idle ? min_u64(next_tick, next_ckpt) : 0);
+        struct req *list = n->sub_head;
+        n->sub_head = n->sub_tail = NULL;
+        uint64_t durable = n->durable_lsn;
+        int sync_err = n->sync_err;
+        stop = n->stop;
+        bool ckpt_asked = n->ckpt_asked != n->ckpt_done;
+        uint64_t ckpt_ticket = n->ckpt_asked;
+        pthread_mutex_unlock(&n->mu);
+
+        if (stop == 2) {
+            n->aborting = true;
+            dispatch_requests(n, list);
+            return;
+        }
+        if (sync_err != 0)
+            node_fail(n, "wal_sync", sync_err);
+        seen_durable = durable;
+        complete_durable(n, durable);
+        dispatch_requests(n, list);
+        uint64_t now = mono_ms();
+        if (now >= next_tick) {
+            tick_all(n);
+            next_tick = now + tick_ms;
+        }
+        if (now >= next_ckpt || ckpt_asked) {
+            int rc = checkpoint(n);
+            next_ckpt = mono_ms() + ckpt_ms;
+            if (ckpt_asked) {
+                pthread_mutex_lock(&n->mu);
+                n->ckpt_done = ckpt_ticket;
+                n->ckpt_rc = rc;
+                pthread_cond_broadcast(&n->ctl_cv);
+                pthread_mutex_unlock(&n->mu);
+            }
+        }
+        run_ready(n);
+        if (stop == 1) {
+            if (drain_until == 0)
+                drain_until = mono_ms() + INBOX_NODE_DRAIN_MS_MAX;
+            if (drained(n) || atomic_load(&n->failed) != 0 ||
+                mono_ms() >= drain_until)
+                return;
+        }
+    }
+}
+
+static void *node_main(void *arg)
+{
+    struct node *n = arg;
+    int rc = node_startup(n);
+    pthread_mutex_lock(&n->mu);
+    n->start_done = true;
+    n->start_rc = rc;
+    pthread_cond_broadcast(&n->ctl_cv);
+    pthread_mutex_unlock(&n->mu);
+    if (rc == 0) {
+        node_loop(n);
+        fail_everything(n, INBOX_ESHUTDOWN);
+        if (!n->aborting && atomic_load(&n->failed) == 0) {
+            /* Graceful: everything appended is made durable by the
+             * checkpoint's release (which syncs), or by this sync. */
+            pthread_mutex_lock(&n->mu);
+            uint64_t target = n->target_lsn;
+            pthread_mutex_unlock(&n->mu);
+            int src = wal_sync(n->wal, target);
+            if (src != 0)
+                node_fail(n, "wal_sync", src);
+            (void)checkpoint(n);
+        }
+    }
+    shards_destroy(n);
+    if (n->store)
+        store_close(n->store);
+    n->store = NULL;
+    pthread_mutex_lock(&n->mu);
+    n->exited = true;
+    pthread_cond_broadcast(&n->ctl_cv);
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+/* ---- the sync thread ---------------------------------------------------- */
+
+static void *sync_main(void *arg)
+{
+    struct node *n = arg;
+    pthread_mutex_lock(&n->mu);
+    for (;;) {
+        while (!n->sync_stop && n->sync_err == 0 &&
+               n->target_lsn <= n->durable_lsn)
+            pthread_cond_wait(&n->sync_cv, &n->mu);
+        if (n->sync_stop || n->sync_err != 0)
+            break;
+        uint64_t target = n->target_lsn;
+        pthread_mutex_unlock(&n->mu);
+        struct wal_stats before, after;
+        wal_stats_get(n->wal, &before);
+        uint64_t t0 = mono_us();
+        int rc = wal_sync(n->wal, target);
+        metrics_histogram_record(&n->m.fsync_us, mono_us() - t0);
+        wal_stats_get(n->wal, &after);
+        if (rc == 0 && after.records_synced > before.records_synced)
+            metrics_histogram_record(&n->m.fsync_records,
+                                     after.records_synced -
+                                         before.records_synced);
+        pthread_mutex_lock(&n->mu);
+        if (rc != 0)
+            n->sync_err = rc;
+        else
+            n->durable_lsn = target;
+        pthread_cond_signal(&n->cv);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+/* ---- metrics ------------------------------------------------------------ */
+
+#define DESC(nm, hp, ty, lb, val, sc)                                          \
+    (struct metrics_desc)                                                      \
+    {                                                                          \
+        .name = nm, .help = hp, .type = ty, .labels = lb, .value = val,        \
+        .scale = sc                                                            \
+    }
+
+static int metrics_build(struct node *n)
+{
+    size_t cap = 14u + 2u * n->shard_count;
+    n->descs = calloc(cap, sizeof(*n->descs));
+    if (!n->descs)
+        return INBOX_ENOMEM;
+    struct metrics_desc *d = n->descs;
+    size_t k = 0;
+    d[k++] = DESC("inbox_node_proposals_total", "Commands proposed to raft",
+                  METRICS_COUNTER, NULL, &n->m.proposals, 0);
+    d[k++] = DESC("inbox_node_proposals_failed_total",
+                  "Write requests answered with an error", METRICS_COUNTER,
+                  NULL, &n->m.proposals_failed, 0);
+    d[k++] = DESC("inbox_node_reads_total", "Reads served", METRICS_COUNTER,
+                  NULL, &n->m.reads, 0);
+    d[k++] = DESC("inbox_node_applied_entries_total",
+                  "Raft entries applied to the store", METRICS_COUNTER, NULL,
+                  &n->m.applied, 0);
+    d[k++] = DESC("inbox_node_busy_total",
+                  "Requests refused because a queue was full", METRICS_COUNTER,
+                  NULL, &n->m.busy, 0);
+    d[k++] = DESC("inbox_node_wal_appends_total", "wal_append calls",
+                  METRICS_COUNTER, NULL, &n->m.wal_appends, 0);
+    d[k++] = DESC("inbox_node_checkpoints_total", "Store checkpoints",
+                  METRICS_COUNTER, NULL, &n->m.checkpoints, 0);
+    d[k++] = DESC("inbox_node_storage_failed",
+                  "1 once the WAL or the store failed (sticky)", METRICS_GAUGE,
+                  NULL, &n->m.failed, 0);
+    d[k++] = DESC("inbox_node_wal_segments", "WAL segment files", METRICS_GAUGE,
+                  NULL, &n->m.wal_segments, 0);
+    d[k++] = DESC("inbox_node_wal_fsync_seconds",
+                  "Latency of the sync thread's wal_sync (group commit)",
+                  METRICS_HISTOGRAM, NULL, &n->m.fsync_us, 1e-6);
+    d[k++] = DESC("inbox_node_wal_append_records",
+                  "Records per wal_append (one per round of readies)",
+                  METRICS_HISTOGRAM, NULL, &n->m.append_records, 0);
+    d[k++] = DESC("inbox_node_wal_fsync_records",
+                  "Records made durable per group commit", METRICS_HISTOGRAM,
+                  NULL, &n->m.fsync_records, 0);
+    d[k++] = DESC("inbox_node_checkpoint_seconds",
+                  "Store checkpoint plus WAL release", METRICS_HISTOGRAM, NULL,
+                  &n->m.checkpoint_us, 1e-6);
+    for (uint32_t i = 0; i < n->shard_count; i++)
+        d[k++] =
+            DESC("inbox_node_raft_role",
+                 "Raft role per shard (0 follower, 1 pre-candidate, 2 "
+                 "candidate, 3 leader)",
+                 METRICS_GAUGE, n->shards[i].label, &n->shards[i].g_role, 0);
+    for (uint32_t i = 0; i < n->shard_count; i++)
+        d[k++] =
+            DESC("inbox_node_raft_term", "Raft term per shard", METRICS_GAUGE,
+                 n->shards[i].label, &n->shards[i].g_term, 0);
+    assert(k <= cap);
+    n->descs_count = k;
+    return 0;
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+void node_options_init(struct node_options *o)
+{
+    memset(o, 0, sizeof(*o));
+}
+
+void node_options_from_config(struct node_options *o, const struct config *c)
+{
+    node_options_init(o);
+    o->data_dir = c->data_dir;
+    o->node_id = c->node_id;
+    o->shard_count = (uint32_t)c->shard_count;
+    o->wal_segment_bytes = c->wal_segment_bytes;
+    o->store_map_bytes = c->store_map_bytes;
+    o->checkpoint_interval_ms = (uint32_t)c->store_checkpoint_ms;
+    o->inbox_pending_messages_max = (uint32_t)c->inbox_pending_messages_max;
+    o->inbox_pending_bytes_max = c->inbox_pending_bytes_max;
+    o->dedup_window_ms = c->dedup_window_ms;
+}
+
+static void errmsg_set(const struct node_options *o, const char *msg)
+{
+    if (o->errmsg && o->errmsg_bytes)
+        (void)fmt(o->errmsg, o->errmsg_bytes, "%s", msg);
+}
+
+static int options_check(struct node_options *o, char *err, size_t err_bytes)
+{
+    if (!o->data_dir || !o->data_dir[0] ||
+        strlen(o->data_dir) >= PATH_BYTES_MAX - 64u) {
+        (void)fmt(err, err_bytes, "data_dir missing or too long");
+        return INBOX_EINVAL;
+    }
+    if (o->node_id == 0 || o->shard_count == 0 ||
+        o->shard_count > INBOX_SHARD_COUNT_MAX) {
+        (void)fmt(err, err_bytes,
+                  "node_id must be nonzero and shard_count in "
+                  "1..%u",
+                  INBOX_SHARD_COUNT_MAX);
+        return INBOX_EINVAL;
+    }
+    if (!o->tick_interval_ms)
+        o->tick_interval_ms = NODE_TICK_MS_DEFAULT;
+    if (!o->requests_max || o->requests_max > INBOX_NODE_REQUESTS_MAX)
+        o->requests_max = INBOX_NODE_REQUESTS_MAX;
+    if (!o->checkpoint_interval_ms)
+        o->checkpoint_interval_ms = NODE_CHECKPOINT_MS_DEFAULT;
+    if (o->tick_interval_ms < INBOX_NODE_TICK_MS_MIN ||
+        o->tick_interval_ms > INBOX_NODE_TICK_MS_MAX ||
+        o->checkpoint_interval_ms < INBOX_NODE_CHECKPOINT_MS_MIN ||
+        o->checkpoint_interval_ms > INBOX_NODE_CHECKPOINT_MS_MAX) {
+        (void)fmt(err, err_bytes, "tick or checkpoint interval out of range");
+        return INBOX_ERANGE;
+    }
+    return 0;
+}
+
+/* Read the identity, or write it on first start; refuse a mismatch. */
+static int identity(struct node *n, char *err, size_t err_bytes)
+{
+    struct node_meta m;
+    int rc = node_meta_read(n->data_dir, &m);
+    if (rc == INBOX_ENOTFOUND) {
+        memset(&m, 0, sizeof(m));
+        m.node_id = n->o.node_id;
+        m.shard_count = n->o.shard_count;
+        m.voters_count = 1;
+        m.voters[0] = n->o.node_id;
+        rc = node_meta_write(n->data_dir, &m);
+        if (rc != 0) {
+            (void)fmt(err, err_bytes, "%s/%s: cannot write: %s", n->data_dir,
+                      NODE_META_FILE, inbox_strerror(rc));
+            return rc;
+        }
+        log_info("node", "new node: identity written", "node=%llu shards=%u",
+                 (unsigned long long)m.node_id, m.shard_count);
+    } else if (rc != 0) {
+        (void)fmt(err, err_bytes, "%s/%s: unreadable: %s", n->data_dir,
+                  NODE_META_FILE, inbox_strerror(rc));
+        return rc;
+    }
+    if (m.shard_count != n->o.shard_count) {
+        (void)fmt(err, err_bytes,
+                  "%s was created with shard_count %u, asked for %u: the shard "
+                  "count is fixed when a cluster is created",
+                  n->data_dir, m.shard_count, n->o.shard_count);
+        return INBOX_EINVAL;
+    }
+    if (m.node_id != n->o.node_id) {
+        (void)fmt(err, err_bytes, "%s belongs to node %llu, not node %llu",
+                  n->data_dir, (unsigned long long)m.node_id,
+                  (unsigned long long)n->o.node_id);
+        return INBOX_EINVAL;
+    }
+    memset(&n->boot, 0, sizeof(n->boot));
+    n->boot.voters_count = m.voters_count;
+    memcpy(n->boot.voters, m.voters, m.voters_count * sizeof(m.voters[0]));
+    return 0;
+}
+
+static int alloc_buffers(struct node *n)
+{
+    uint32_t sc = n->shard_count;
+    n->shards = calloc(sc, sizeof(*n->shards));
+    n->dirty = calloc(sc, sizeof(*n->dirty));
+    n->dirty_scratch = calloc(sc, sizeof(*n->dirty_scratch));
+    n->waiting = calloc(sc, sizeof(*n->waiting));
+    n->rels = calloc(sc, sizeof(*n->rels));
+    n->cmd_buf = malloc(INBOX_COMMAND_BYTES_MAX);
+    n->tmp_targets = calloc(INBOX_FANOUT_INBOXES_MAX, sizeof(*n->tmp_targets));
+    n->tmp_refs = calloc(INBOX_SEEN_GET_INBOXES_MAX, sizeof(*n->tmp_refs));
+    n->tmp_seen = calloc(INBOX_SEEN_GET_INBOXES_MAX, sizeof(*n->tmp_seen));
+    n->fetch_buf = calloc(INBOX_FETCH_MESSAGES_MAX, sizeof(*n->fetch_buf));
+    if (!n->shards || !n->dirty || !n->dirty_scratch || !n->waiting ||
+        !n->rels || !n->cmd_buf || !n->tmp_targets || !n->tmp_refs ||
+        !n->tmp_seen || !n->fetch_buf)
+        return INBOX_ENOMEM;
+    for (uint32_t i = 0; i < sc; i++) {
+        n->shards[i].id = i;
+        (void)fmt(n->shards[i].label, sizeof(n->shards[i].label),
+                  "shard=\"%u\"", i);
+    }
+    return 0;
+}
+
+static void node_free(struct node *n)
+{
+    if (!n)
+        return;
+    free(n->shards);
+    free(n->dirty);
+    free(n->dirty_scratch);
+    free(n->waiting);
+    free(n->rels);
+    free(n->cmd_buf);
+    free(n->tmp_targets);
+    free(n->tmp_refs);
+    free(n->tmp_seen);
+    free(n->fetch_buf);
+    free(n->recs);
+    free(n->recs_off);
+    free(n->arena);
+    free(n->sents);
+    free(n->descs);
+    pthread_cond_destroy(&n->cv);
+    pthread_cond_destroy(&n->sync_cv);
+    pthread_cond_destroy(&n->ctl_cv);
+    pthread_mutex_destroy(&n->mu);
+    free(n);
+}
+
+static int sync_init(struct node *n)
+{
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0)
+        return INBOX_ENOMEM;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_mutex_init(&n->mu, NULL) ||
+                     pthread_cond_init(&n->cv, &ca) ||
+                     pthread_cond_init(&n->sync_cv, NULL) ||
+                     pthread_cond_init(&n->ctl_cv, NULL)
+                 ? INBOX_ENOMEM
+                 : 0;
+    pthread_condattr_destroy(&ca);
+    return rc;
+}
+
+/* Stop and join both threads; close the WAL. */
+static void node_stop(struct node *n, int how)
+{
+    atomic_store(&n->accepting, false);
+    if (n->thread_started) {
+        pthread_mutex_lock(&n->mu);
+        n->stop = how;
+        pthread_cond_signal(&n->cv);
+        pthread_mutex_unlock(&n->mu);
+        pthread_join(n->thread, NULL);
+    }
+    if (n->sync_started) {
+        pthread_mutex_lock(&n->mu);
+        n->sync_stop = true;
+        pthread_cond_signal(&n->sync_cv);
+        pthread_mutex_unlock(&n->mu);
+        pthread_join(n->sync_thread, NULL);
+    }
+    wal_close(n->wal);
+    n->wal = NULL;
+    /* Requests that raced with the stop are still on the list. */
+    struct req *q = n->sub_head;
+    n->sub_head = n->sub_tail = NULL;
+    while (q) {
+        struct req *next = q->next;
+        q->rc = INBOX_ESHUTDOWN;
+        req_complete(n, q);
+        q = next;
+    }
+}
+
+int node_open(const struct node_options *opts, struct node **out)
+{
+    char err[NODE_ERRMSG_BYTES] = "";
+    struct node *n = calloc(1, sizeof(*n));
+    if (!n)
+        return INBOX_ENOMEM;
+    n->o = *opts;
+    int rc = sync_init(n);
+    if (rc != 0) {
+        free(n);
+        return rc;
+    }
+    rc = options_check(&n->o, err, sizeof(err));
+    if (rc != 0)
+        goto err_after_alloc;
+    (void)fmt(n->data_dir, sizeof(n->data_dir), "%s", n->o.data_dir);
+    n->o.data_dir = n->data_dir;
+    n->shard_count = n->o.shard_count;
+    rc = identity(n, err, sizeof(err));
+    if (rc != 0)
+        goto err_after_alloc;
+    rc = alloc_buffers(n);
+    if (rc == 0)
+        rc = metrics_build(n);
+    if (rc != 0) {
+        (void)fmt(err, sizeof(err), "out of memory");
+        goto err_after_alloc;
+    }
+    if (pthread_create(&n->thread, NULL, node_main, n) != 0) {
+        rc = INBOX_ENOMEM;
+        (void)fmt(err, sizeof(err), "cannot start the node thread");
+        goto err_after_alloc;
+    }
+    n->thread_started = true;
+    pthread_mutex_lock(&n->mu);
+    while (!n->start_done)
+        pthread_cond_wait(&n->ctl_cv, &n->mu);
+    rc = n->start_rc;
+    pthread_mutex_unlock(&n->mu);
+    if (rc != 0) {
+        (void)fmt(err, sizeof(err), "%s", n->errmsg);
+        goto err_after_thread;
+    }
+    if (pthread_create(&n->sync_thread, NULL, sync_main, n) != 0) {
+        rc = INBOX_ENOMEM;
+        (void)fmt(err, sizeof(err), "cannot start the sync thread");
+        goto err_after_thread;
+    }
+    n->sync_started = true;
+    atomic_store(&n->accepting, true);
+    log_info("node", "node open", "node=%llu shards=%u dir=%s",
+             (unsigned long long)n->o.node_id, n->shard_count, n->data_dir);
+    *out = n;
+    return 0;
+
+err_after_thread:
+    node_stop(n, 2);
+err_after_alloc:
+    errmsg_set(opts, err);
+    char quoted[NODE_ERRMSG_BYTES + 16];
+    log_error("node", "cannot open node", "rc=%d err=%s detail=%s", rc,
+              inbox_err_name(rc), log_quote(quoted, sizeof(quoted), err));
+    node_free(n);
+    return rc;
+}
+
+void node_close(struct node *n)
+{
+    if (!n)
+        return;
+    node_stop(n, 1);
+    log_info("node", "node closed", "node=%llu",
+             (unsigned long long)n->o.node_id);
+    node_free(n);
+}
+
+void node_abort_for_test(struct node *n)
+{
+    if (!n)
+        return;
+    node_stop(n, 2);
+    node_free(n);
+}
+
+int node_checkpoint(struct node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    uint64_t ticket = ++n->ckpt_asked;
+    pthread_cond_signal(&n->cv);
+    while (n->ckpt_done < ticket && !n->exited)
+        pthread_cond_wait(&n->ctl_cv, &n->mu);
+    int rc = n->ckpt_done >= ticket ? n->ckpt_rc : INBOX_ESHUTDOWN;
+    pthread_mutex_unlock(&n->mu);
+    return rc;
+}
+
+/* ---- submission --------------------------------------------------------- */
+
+uint32_t node_shard_of(const struct node *n, const uint8_t *inbox,
+                       size_t inbox_len)
+{
+    return (uint32_t)(XXH3_64bits(inbox, inbox_len) % n->shard_count);
+}
+
+uint32_t node_shard_count(const struct node *n)
+{
+    return n->shard_count;
+}
+
+uint64_t node_id(const struct node *n)
+{
+    return n->o.node_id;
+}
+
+int node_failed(const struct node *n)
+{
+    return atomic_load(&n->failed);
+}
+
+int node_status(const struct node *n, uint32_t shard,
+                struct node_shard_status *out)
+{
+    if (shard >= n->shard_count)
+        return INBOX_ERANGE;
+    const struct shard *s = &n->shards[shard];
+    out->role =
+        (uint32_t)atomic_load_explicit(&s->st_role, memory_order_relaxed);
+    out->term = atomic_load_explicit(&s->st_term, memory_order_relaxed);
+    out->leader = atomic_load_explicit(&s->st_leader, memory_order_relaxed);
+    out->commit = atomic_load_explicit(&s->st_commit, memory_order_relaxed);
+    out->applied = atomic_load_explicit(&s->st_applied, memory_order_relaxed);
+    out->last_index = atomic_load_explicit(&s->st_last, memory_order_relaxed);
+    out->released = atomic_load_explicit(&s->st_released, memory_order_relaxed);
+    return 0;
+}
+
+void node_metrics(const struct node *n, const struct metrics_desc **descs,
+                  size_t *count)
+{
+    *descs = n->descs;
+    *count = n->descs_count;
+}
+
+static size_t align8(size_t x)
+{
+    return (x + 7u) & ~(size_t)7u;
+}
+
+static bool key_ok(size_t len)
+{
+    return len >= INBOX_KEY_BYTES_MIN && len <= INBOX_KEY_BYTES_MAX;
+}
+
+/* What a request looks like before it is built. */
+struct req_spec {
+    enum req_kind kind;
+    const struct command_target *targets; /* msg_id NULL for non-enqueues */
+    size_t targets_count;
+    const void *payload;
+    size_t payload_len;
+    uint64_t ttl_ms;
+    uint64_t u64;
+    uint32_t max_messages;
+    uint32_t max_bytes;
+};
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Build the request in one allocation: the parts, the targets (copied),
+ * their order grouped by shard, the result arrays, the payload. */
+static struct req *req_build(struct node *n, const struct req_spec *sp,
+                             size_t *bytes_out)
+{
+    size_t tc = sp->targets_count;
+    uint64_t keys[INBOX_FANOUT_INBOXES_MAX > INBOX_SEEN_GET_INBOXES_MAX
+                      ? INBOX_FANOUT_INBOXES_MAX
+                      : INBOX_SEEN_GET_INBOXES_MAX];
+    size_t key_bytes = 0;
+    for (size_t i = 0; i < tc; i++) {
+        uint32_t sh =
+            node_shard_of(n, sp->targets[i].inbox, sp->targets[i].inbox_len);
+        keys[i] = (uint64_t)sh << 32 | i;
+        key_bytes += align8(sp->targets[i].inbox_len) +
+                     (sp->targets[i].msg_id ? INBOX_MSG_ID_BYTES : 0u);
+    }
+    qsort(keys, tc, sizeof(keys[0]), cmp_u64);
+    uint32_t parts = 0;
+    for (size_t i = 0; i < tc; i++)
+        if (i == 0 || keys[i] >> 32 != keys[i - 1] >> 32)
+            parts++;
+    size_t off_parts = align8(sizeof(struct req));
+    size_t off_targets = off_parts + align8(parts * sizeof(struct part));
+    size_t off_order = off_targets + align8(tc * sizeof(struct command_target));
+    size_t off_results = off_order + align8(tc * sizeof(uint32_t));
+    size_t results = sp->kind == REQ_ENQUEUE_MANY ? tc : 0;
+    size_t off_seen =
+        off_results + align8(results * sizeof(struct store_target_result));
+    size_t seen = sp->kind == REQ_SEEN_GET ? tc : 0;
+    size_t off_keys = off_seen + align8(seen * sizeof(uint64_t));
+    size_t off_payload = off_keys + key_bytes;
+    size_t total = off_payload + sp->payload_len;
+    uint8_t *mem = calloc(1, total);
+    if (!mem)
+        return NULL;
+    struct req *q = (struct req *)(void *)mem;
+    q->kind = sp->kind;
+    q->parts_count = parts;
+    q->parts_left = parts;
+    q->ttl_ms = sp->ttl_ms;
+    q->u64 = sp->u64;
+    q->max_messages = sp->max_messages;
+    q->max_bytes = sp->max_bytes;
+    q->targets_count = (uint32_t)tc;
+    q->targets = (struct command_target *)(void *)(mem + off_targets);
+    q->order = (uint32_t *)(void *)(mem + off_order);
+    q->results = results ? (void *)(mem + off_results) : NULL;
+    q->seen = seen ? (uint64_t *)(void *)(mem + off_seen) : NULL;
+    uint8_t *k = mem + off_keys;
+    for (size_t i = 0; i < tc; i++) {
+        const struct command_target *t = &sp->targets[i];
+        memcpy(k, t->inbox, t->inbox_len);
+        q->targets[i].inbox = k;
+        q->targets[i].inbox_len = t->inbox_len;
+        k += align8(t->inbox_len);
+        if (t->msg_id) {
+            memcpy(k, t->msg_id, INBOX_MSG_ID_BYTES);
+            q->targets[i].msg_id = k;
+            k += INBOX_MSG_ID_BYTES;
+        }
+    }
+    if (sp->payload_len)
+        memcpy(mem + off_payload, sp->payload, sp->payload_len);
+    q->payload = mem + off_payload;
+    q->payload_len = (uint32_t)sp->payload_len;
+    uint32_t pi = 0;
+    for (size_t i = 0; i < tc; i++) {
+        q->order[i] = (uint32_t)keys[i];
+        uint32_t sh = (uint32_t)(keys[i] >> 32);
+        if (i == 0 || sh != (uint32_t)(keys[i - 1] >> 32)) {
+            struct part *p = &q->parts[pi++];
+            p->req = q;
+            p->shard = sh;
+            p->first = (uint32_t)i;
+        }
+        q->parts[pi - 1].targets_count++;
+    }
+    *bytes_out = total;
+    return q;
+}
+
+static int spec_check(const struct node *n, const struct req_spec *sp)
+{
+    if (sp->targets_count == 0)
+        return INBOX_ETOO_MANY_INBOXES;
+    size_t max = sp->kind == REQ_SEEN_GET ? INBOX_SEEN_GET_INBOXES_MAX
+                                          : INBOX_FANOUT_INBOXES_MAX;
+    if (sp->targets_count > max)
+        return INBOX_ETOO_MANY_INBOXES;
+    for (size_t i = 0; i < sp->targets_count; i++) {
+        if (!sp->targets[i].inbox || !key_ok(sp->targets[i].inbox_len))
+            return INBOX_EKEY_INVALID;
+        if ((sp->kind == REQ_ENQUEUE || sp->kind == REQ_ENQUEUE_MANY) &&
+            !sp->targets[i].msg_id)
+            return INBOX_EINVAL;
+    }
+    if (sp->payload_len > INBOX_PAYLOAD_BYTES_MAX)
+        return INBOX_EPAYLOAD_TOO_LARGE;
+    if (sp->payload_len && !sp->payload)
+        return INBOX_EINVAL;
+    if (sp->ttl_ms > INBOX_TTL_MS_MAX)
+        return INBOX_ERANGE;
+    return 0;
+}
+
+static int submit(struct node *n, const struct req_spec *sp, node_done_cb done,
+                  void *arg)
+{
+    if (!done)
+        return INBOX_EINVAL;
+    int rc = spec_check(n, sp);
+    if (rc != 0)
+        return rc;
+    if (!atomic_load(&n->accepting))
+        return INBOX_ESHUTDOWN;
+    if (kind_is_write(sp->kind) && atomic_load(&n->failed) != 0)
+        return INBOX_EFAILED;
+    if (atomic_fetch_add(&n->reqs_live, 1u) >= n->o.requests_max) {
+        atomic_fetch_sub(&n->reqs_live, 1u);
+        metrics_counter_add(&n->m.busy, 1);
+        return INBOX_EBUSY;
+    }
+    size_t bytes = 0;
+    struct req *q = req_build(n, sp, &bytes);
+    if (!q) {
+        atomic_fetch_sub(&n->reqs_live, 1u);
+        return INBOX_ENOMEM;
+    }
+    q->bytes = bytes;
+    if (atomic_fetch_add(&n->bytes_live, bytes) + bytes >
+        INBOX_NODE_REQUEST_BYTES_MAX) {
+        metrics_counter_add(&n->m.busy, 1);
+        req_free(n, q);
+        return INBOX_EBUSY;
+    }
+    q->done = done;
+    q->arg = arg;
+    pthread_mutex_lock(&n->mu);
+    if (!atomic_load(&n->accepting) || n->stop != 0) {
+        pthread_mutex_unlock(&n->mu);
+        req_free(n, q);
+        return INBOX_ESHUTDOWN;
+    }
+    if (n->sub_tail)
+        n->sub_tail->next = q;
+    else
+        n->sub_head = q;
+    n->sub_tail = q;
+    pthread_cond_signal(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+    return 0;
+}
+
+static struct command_target one_target(const uint8_t *inbox, size_t len,
+                                        const uint8_t *msg_id)
+{
+    struct command_target t = {inbox, msg_id,
+                               (uint16_t)(len > UINT16_MAX ? 0 : len)};
+    return t;
+}
+
+int node_enqueue(struct node *n, const uint8_t *inbox, size_t inbox_len,
+                 const uint8_t msg_id[INBOX_MSG_ID_BYTES], uint64_t ttl_ms,
+                 const void *payload, size_t payload_len, node_done_cb done,
+                 void *arg)
+{
+    struct command_target t = one_target(inbox, inbox_len, msg_id);
+    struct req_spec sp = {.kind = REQ_ENQUEUE,
+                          .targets = &t,
+                          .targets_count = 1,
+                          .payload = payload,
+                          .payload_len = payload_len,
+                          .ttl_ms = ttl_ms};
+    return submit(n, &sp, done, arg);
+}
+
+int node_enqueue_many(struct node *n, const struct command_target *targets,
+                      size_t targets_count, uint64_t ttl_ms,
+                      const void *payload, size_t payload_len,
+                      node_done_cb done, void *arg)
+{
+    struct req_spec sp = {.kind = REQ_ENQUEUE_MANY,
+                          .targets = targets,
+                          .targets_count = targets_count,
+                          .payload = payload,
+                          .payload_len = payload_len,
+                          .ttl_ms = ttl_ms};
+    if (!targets && targets_count)
+        return INBOX_EINVAL;
+    return submit(n, &sp, done, arg);
+}
+
+int node_ack(struct node *n, const uint8_t *inbox, size_t inbox_len,
+             uint64_t upto_seq, node_done_cb done, void *arg)
+{
+    struct command_target t = one_target(inbox, inbox_len, NULL);
+    struct req_spec sp = {
+        .kind = REQ_ACK, .targets = &t, .targets_count = 1, .u64 = upto_seq};
+    return submit(n, &sp, done, arg);
+}
+
+int node_seen_set(struct node *n, const uint8_t *inbox, size_t inbox_len,
+                  uint64_t seen_ts_ms, node_done_cb done, void *arg)
+{
+    struct command_target t = one_target(inbox, inbox_len, NULL);
+    struct req_spec sp = {.kind = REQ_SEEN_SET,
+                          .targets = &t,
+                          .targets_count = 1,
+                          .u64 = seen_ts_ms};
+    return submit(n, &sp, done, arg);
+}
+
+int node_fetch(struct node *n, const uint8_t *inbox, size_t inbox_len,
+               uint64_t after_seq, uint32_t max_messages, uint32_t max_bytes,
+               node_done_cb done, void *arg)
+{
+    if (max_messages == 0)
+        return INBOX_EINVAL;
+    struct command_target t = one_target(inbox, inbox_len, NULL);
+    struct req_spec sp = {.kind = REQ_FETCH,
+                          .targets = &t,
+                          .targets_count = 1,
+                          .u64 = after_seq,
+                          .max_messages = max_messages,
+                          .max_bytes = max_bytes};
+    return submit(n, &sp, done, arg);
+}
+
+int node_seen_get(struct node *n, const struct node_inbox *inboxes,
+                  size_t count, node_done_cb done, void *arg)
+{
+    struct command_target t[INBOX_SEEN_GET_INBOXES_MAX];
+    if (count > INBOX_SEEN_GET_INBOXES_MAX)
+        return INBOX_ETOO_MANY_INBOXES;
+    if (!inboxes && count)
+        return INBOX_EINVAL;
+    for (size_t i = 0; i < count; i++)
+        t[i] = one_target(inboxes[i].inbox, inboxes[i].inbox_len, NULL);
+    struct req_spec sp = {
+        .kind = REQ_SEEN_GET, .targets = t, .targets_count = count};
+    return submit(n, &sp, done, arg);
+}
+
+int node_inbox_info(struct node *n, const uint8_t *inbox, size_t inbox_len,
+                    node_done_cb done, void *arg)
+{
+    struct command_target t = one_target(inbox, inbox_len, NULL);
+    struct req_spec sp = {.kind = REQ_INFO, .targets = &t, .targets_count = 1};
+    return submit(n, &sp, done, arg);
+}

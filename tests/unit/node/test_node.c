@@ -1,0 +1,1180 @@
+/*
+ * test_node.c — server/node: shards as single-voter Raft groups over the
+ * WAL and the store. Round trips across shards, gapless seqs under
+ * concurrent submitters, dedup, ack bounds, restart after a graceful close,
+ * crash (no checkpoint) and replay, WAL release by checkpoints, identity
+ * checks, and an injected WAL failure (tests/lib's fault vfs).
+ *
+ * Scratch directories are made in the working directory (the build tree).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "faultvfs.h"
+#include "inbox/error.h"
+#include "log.h"
+#include "node.h"
+#include "node_meta.h"
+
+/* ---- fixtures ----------------------------------------------------------- */
+
+#define OUT_MSGS_MAX 256u
+#define OUT_PAYLOAD_MAX 64u
+
+/* A deep copy of one completion, filled on the node thread. */
+struct outcome {
+    int rc;
+    uint64_t seq;
+    bool deduped;
+    uint64_t leader;
+    uint32_t shard;
+    size_t count;
+    uint64_t seqs[OUT_MSGS_MAX];
+    uint64_t ts[OUT_MSGS_MAX];
+    uint32_t lens[OUT_MSGS_MAX];
+    char payloads[OUT_MSGS_MAX][OUT_PAYLOAD_MAX];
+    uint32_t targets_count;
+    struct store_target_result targets[16];
+    size_t seen_count;
+    uint64_t seen[16];
+    struct store_inbox_info info;
+};
+
+struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    struct outcome out;
+};
+
+static void waiter_init(struct waiter *w)
+{
+    memset(w, 0, sizeof(*w));
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+}
+
+static void waiter_destroy(struct waiter *w)
+{
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+}
+
+static void copy_result(struct outcome *o, const struct node_result *r)
+{
+    memset(o, 0, sizeof(*o));
+    o->rc = r->rc;
+    o->seq = r->seq;
+    o->deduped = r->deduped;
+    o->leader = r->leader;
+    o->shard = r->shard;
+    o->count = r->messages_count;
+    for (size_t i = 0; i < r->messages_count && i < OUT_MSGS_MAX; i++) {
+        o->seqs[i] = r->messages[i].seq;
+        o->ts[i] = r->messages[i].enqueue_ts_ms;
+        uint32_t len = r->messages[i].payload_len;
+        o->lens[i] = len;
+        memcpy(o->payloads[i], r->messages[i].payload,
+               len < OUT_PAYLOAD_MAX ? len : OUT_PAYLOAD_MAX);
+    }
+    o->targets_count = r->targets_count;
+    for (uint32_t i = 0; i < r->targets_count && i < 16; i++)
+        o->targets[i] = r->targets[i];
+    o->seen_count = r->seen_count;
+    for (size_t i = 0; i < r->seen_count && i < 16; i++)
+        o->seen[i] = r->seen_ms[i];
+    o->info = r->info;
+}
+
+static void waiter_done(void *arg, const struct node_result *r)
+{
+    struct waiter *w = arg;
+    pthread_mutex_lock(&w->mu);
+    copy_result(&w->out, r);
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Wait for the completion of a request that was accepted (rc 0), or
+ * report the immediate refusal as the outcome. */
+static struct outcome *waiter_wait(struct waiter *w, int submit_rc)
+{
+    if (submit_rc != 0) {
+        w->out.rc = submit_rc;
+        return &w->out;
+    }
+    pthread_mutex_lock(&w->mu);
+    while (!w->done)
+        pthread_cond_wait(&w->cv, &w->mu);
+    w->done = false;
+    pthread_mutex_unlock(&w->mu);
+    return &w->out;
+}
+
+struct fixture {
+    char dir[256];
+    struct node_options o;
+    struct node *n;
+    struct faultvfs *fv;
+    struct waiter w;
+    pthread_mutex_t notify_mu;
+    uint64_t notify_calls;
+    uint64_t notify_last_seq;
+    char errmsg[256];
+};
+
+static void on_enqueue(void *arg, uint32_t shard, const uint8_t *inbox,
+                       size_t inbox_len, uint64_t last_seq)
+{
+    struct fixture *f = arg;
+    (void)shard;
+    (void)inbox;
+    (void)inbox_len;
+    pthread_mutex_lock(&f->notify_mu);
+    f->notify_calls++;
+    f->notify_last_seq = last_seq;
+    pthread_mutex_unlock(&f->notify_mu);
+}
+
+/* rm -r of a scratch directory (two levels deep at most here). */
+static void rm_rf(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        (void)unlink(dir);
+        return;
+    }
+    struct dirent *e;
+    char path[600];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if (unlink(path) != 0 && (errno == EISDIR || errno == EPERM))
+            rm_rf(path);
+    }
+    closedir(d);
+    (void)rmdir(dir);
+}
+
+static struct fixture *fixture_new(uint32_t shards)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    snprintf(f->dir, sizeof(f->dir), "node-test-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    waiter_init(&f->w);
+    pthread_mutex_init(&f->notify_mu, NULL);
+    node_options_init(&f->o);
+    f->o.data_dir = f->dir;
+    f->o.node_id = 7;
+    f->o.shard_count = shards;
+    f->o.tick_interval_ms = 20;
+    f->o.checkpoint_interval_ms = 3600u * 1000u; /* only when asked */
+    f->o.store_map_bytes = 256u * INBOX_MIB;
+    f->o.enqueue_applied = on_enqueue;
+    f->o.enqueue_applied_arg = f;
+    f->o.errmsg = f->errmsg;
+    f->o.errmsg_bytes = sizeof(f->errmsg);
+    return f;
+}
+
+static void fixture_open(struct fixture *f)
+{
+    int rc = node_open(&f->o, &f->n);
+    if (rc != 0)
+        fprintf(stderr, "node_open: %s: %s\n", inbox_err_name(rc), f->errmsg);
+    assert_int_equal(rc, 0);
+}
+
+static void fixture_free(struct fixture *f)
+{
+    if (f->n)
+        node_close(f->n);
+    if (f->fv)
+        faultvfs_free(f->fv);
+    rm_rf(f->dir);
+    waiter_destroy(&f->w);
+    pthread_mutex_destroy(&f->notify_mu);
+    free(f);
+}
+
+static void msg_id_of(uint8_t id[INBOX_MSG_ID_BYTES], uint64_t a, uint64_t b)
+{
+    memcpy(id, &a, 8);
+    memcpy(id + 8, &b, 8);
+}
+
+static const uint8_t *key(const char *s)
+{
+    return (const uint8_t *)s;
+}
+
+/* Synchronous helpers. */
+static struct outcome *enqueue(struct fixture *f, const char *inbox,
+                               uint64_t id, const char *payload)
+{
+    uint8_t mid[INBOX_MSG_ID_BYTES];
+    msg_id_of(mid, id, 0x1d);
+    int rc = node_enqueue(f->n, key(inbox), strlen(inbox), mid, 0, payload,
+                          strlen(payload), waiter_done, &f->w);
+    return waiter_wait(&f->w, rc);
+}
+
+static struct outcome *fetch(struct fixture *f, const char *inbox,
+                             uint64_t after)
+{
+    int rc = node_fetch(f->n, key(inbox), strlen(inbox), after, OUT_MSGS_MAX,
+                        INBOX_FETCH_BYTES_MAX, waiter_done, &f->w);
+    return waiter_wait(&f->w, rc);
+}
+
+static struct outcome *ack(struct fixture *f, const char *inbox, uint64_t upto)
+{
+    int rc =
+        node_ack(f->n, key(inbox), strlen(inbox), upto, waiter_done, &f->w);
+    return waiter_wait(&f->w, rc);
+}
+
+/* A counter's value by metric name. */
+static uint64_t counter_of(struct node *n, const char *name)
+{
+    const struct metrics_desc *d;
+    size_t count;
+    node_metrics(n, &d, &count);
+    for (size_t i = 0; i < count; i++)
+        if (strcmp(d[i].name, name) == 0 && d[i].type == METRICS_COUNTER)
+            return atomic_load(
+                &((const struct metrics_counter *)d[i].value)->value);
+    fail_msg("no counter %s", name);
+    return 0;
+}
+
+static uint32_t count_segments(const char *dir)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/wal", dir);
+    DIR *d = opendir(path);
+    assert_non_null(d);
+    uint32_t k = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (strncmp(e->d_name, "wal-", 4) == 0 && strstr(e->d_name, ".seg"))
+            k++;
+    closedir(d);
+    return k;
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static void test_round_trip(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(8);
+    fixture_open(f);
+    const char *inboxes[] = {"alice", "bob", "carol", "dave", "erin"};
+    bool shard_seen[8] = {false};
+    uint32_t shards_used = 0;
+    for (size_t i = 0; i < 5; i++) {
+        uint32_t sh = node_shard_of(f->n, key(inboxes[i]), strlen(inboxes[i]));
+        if (!shard_seen[sh])
+            shards_used++;
+        shard_seen[sh] = true;
+        for (uint64_t k = 1; k <= 3; k++) {
+            char payload[32];
+            snprintf(payload, sizeof(payload), "%s-%llu", inboxes[i],
+                     (unsigned long long)k);
+            struct outcome *o = enqueue(f, inboxes[i], i * 100 + k, payload);
+            assert_int_equal(o->rc, 0);
+            assert_int_equal(o->seq, k);
+            assert_false(o->deduped);
+            assert_int_equal(o->shard, sh);
+        }
+    }
+    assert_true(shards_used >= 3);
+    /* docs/protocol.md's routing vectors, with 64 shards: alice 48. */
+    for (size_t i = 0; i < 5; i++) {
+        struct outcome *o = fetch(f, inboxes[i], 0);
+        assert_int_equal(o->rc, 0);
+        assert_int_equal(o->count, 3);
+        for (size_t k = 0; k < 3; k++) {
+            char want[32];
+            snprintf(want, sizeof(want), "%s-%zu", inboxes[i], k + 1);
+            assert_int_equal(o->seqs[k], k + 1);
+            assert_int_equal(o->lens[k], strlen(want));
+            assert_memory_equal(o->payloads[k], want, strlen(want));
+        }
+    }
+    /* A fetch also reports the inbox's acked and last seq. */
+    struct outcome *sf = fetch(f, "alice", 1);
+    assert_int_equal(sf->count, 2);
+    assert_int_equal(sf->info.next_seq, 4);
+    assert_int_equal(sf->info.acked_seq, 0);
+    /* stamped with the leader's wall clock, never going back */
+    struct outcome *stamped = fetch(f, "erin", 0);
+    time_t now = time(NULL);
+    for (size_t k = 0; k < stamped->count; k++) {
+        assert_true(stamped->ts[k] / 1000 + 60 >= (uint64_t)now);
+        assert_true(stamped->ts[k] / 1000 <= (uint64_t)now + 60);
+        if (k > 0)
+            assert_true(stamped->ts[k] >= stamped->ts[k - 1]);
+    }
+    /* fetch after a seq, ack, fetch again */
+    struct outcome *o = fetch(f, "alice", 1);
+    assert_int_equal(o->count, 2);
+    assert_int_equal(o->seqs[0], 2);
+    o = ack(f, "alice", 2);
+    assert_int_equal(o->rc, 0);
+    o = fetch(f, "alice", 0);
+    assert_int_equal(o->count, 1);
+    assert_int_equal(o->seqs[0], 3);
+    /* inbox info */
+    int rc = node_inbox_info(f->n, key("alice"), 5, waiter_done, &f->w);
+    o = waiter_wait(&f->w, rc);
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->info.next_seq, 4);
+    assert_int_equal(o->info.acked_seq, 2);
+    assert_int_equal(o->info.pending_count, 1);
+    /* seen set / get across shards */
+    rc = node_seen_set(f->n, key("bob"), 3, 1700000000123ull, waiter_done,
+                       &f->w);
+    assert_int_equal(waiter_wait(&f->w, rc)->rc, 0);
+    rc = node_seen_set(f->n, key("carol"), 5, 1700000000456ull, waiter_done,
+                       &f->w);
+    assert_int_equal(waiter_wait(&f->w, rc)->rc, 0);
+    struct node_inbox q[3] = {
+        {key("carol"), 5}, {key("nobody"), 6}, {key("bob"), 3}};
+    rc = node_seen_get(f->n, q, 3, waiter_done, &f->w);
+    o = waiter_wait(&f->w, rc);
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->seen_count, 3);
+    assert_int_equal(o->seen[0], 1700000000456ull);
+    assert_int_equal(o->seen[1], 0);
+    assert_int_equal(o->seen[2], 1700000000123ull);
+    /* enqueue_many across shards, results in request order */
+    uint8_t ids[4][INBOX_MSG_ID_BYTES];
+    struct command_target t[4];
+    for (int i = 0; i < 4; i++) {
+        msg_id_of(ids[i], 9000 + (uint64_t)i, 1);
+        t[i].inbox = key(inboxes[i + 1]);
+        t[i].inbox_len = (uint16_t)strlen(inboxes[i + 1]);
+        t[i].msg_id = ids[i];
+    }
+    rc = node_enqueue_many(f->n, t, 4, 0, "fan", 3, waiter_done, &f->w);
+    o = waiter_wait(&f->w, rc);
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->targets_count, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(o->targets[i].rc, 0);
+        assert_int_equal(o->targets[i].seq, 4);
+    }
+    /* the notify hook saw every applied enqueue */
+    pthread_mutex_lock(&f->notify_mu);
+    assert_int_equal(f->notify_calls, 15 + 4);
+    pthread_mutex_unlock(&f->notify_mu);
+    /* every shard has elected itself */
+    for (uint32_t s = 0; s < 8; s++) {
+        struct node_shard_status st;
+        assert_int_equal(node_status(f->n, s, &st), 0);
+        assert_int_equal(st.role, 3);
+        assert_int_equal(st.leader, 7);
+        assert_true(st.term >= 1);
+        assert_true(st.applied <= st.commit);
+    }
+    /* malformed requests are refused at once */
+    assert_int_equal(
+        node_enqueue(f->n, key(""), 0, ids[0], 0, "x", 1, waiter_done, &f->w),
+        INBOX_EKEY_INVALID);
+    assert_int_equal(node_fetch(f->n, key("a"), 1, 0, 0, 0, waiter_done, &f->w),
+                     INBOX_EINVAL);
+    /* metrics render */
+    const struct metrics_desc *d;
+    size_t dc;
+    node_metrics(f->n, &d, &dc);
+    static char buf[64 * 1024];
+    size_t need = metrics_render(buf, sizeof(buf), d, dc);
+    assert_true(need < sizeof(buf));
+    assert_non_null(strstr(buf, "inbox_node_proposals_total"));
+    assert_non_null(strstr(buf, "inbox_node_raft_role{shard=\"3\"} 3"));
+    fixture_free(f);
+}
+
+static void test_dedup_and_ack_beyond(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(4);
+    fixture_open(f);
+    struct outcome *o = enqueue(f, "dave", 1, "one");
+    assert_int_equal(o->seq, 1);
+    o = enqueue(f, "dave", 2, "two");
+    assert_int_equal(o->seq, 2);
+    o = enqueue(f, "dave", 1, "one again");
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->seq, 1);
+    assert_true(o->deduped);
+    o = fetch(f, "dave", 0);
+    assert_int_equal(o->count, 2);
+    o = ack(f, "dave", 3);
+    assert_int_equal(o->rc, INBOX_EACK_BEYOND_LAST);
+    o = ack(f, "dave", 2);
+    assert_int_equal(o->rc, 0);
+    o = fetch(f, "dave", 0);
+    assert_int_equal(o->count, 0);
+    fixture_free(f);
+}
+
+/* ---- concurrency -------------------------------------------------------- */
+
+#define SUBMITTERS 4u
+#define PER_SUBMITTER 300u
+#define CONC_INBOXES 3u
+
+struct conc {
+    struct fixture *f;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint32_t outstanding;
+    uint32_t errors;
+    uint64_t seq[SUBMITTERS][PER_SUBMITTER];
+};
+
+struct conc_req {
+    struct conc *c;
+    uint32_t thread;
+    uint32_t i;
+};
+
+static void conc_done(void *arg, const struct node_result *r)
+{
+    struct conc_req *cr = arg;
+    struct conc *c = cr->c;
+    pthread_mutex_lock(&c->mu);
+    if (r->rc != 0 || r->deduped)
+        c->errors++;
+    c->seq[cr->thread][cr->i] = r->seq;
+    c->outstanding--;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static const char *conc_inbox(uint32_t i)
+{
+    static const char *names[CONC_INBOXES] = {"g-one", "g-two", "g-three"};
+    return names[i % CONC_INBOXES];
+}
+
+struct submitter {
+    struct conc *c;
+    uint32_t thread;
+    struct conc_req reqs[PER_SUBMITTER];
+};
+
+static void *submitter_main(void *arg)
+{
+    struct submitter *s = arg;
+    struct conc *c = s->c;
+    for (uint32_t i = 0; i < PER_SUBMITTER; i++) {
+        uint8_t mid[INBOX_MSG_ID_BYTES];
+        msg_id_of(mid, s->thread, i);
+        s->reqs[i] = (struct conc_req){c, s->thread, i};
+        const char *inbox = conc_inbox(i);
+        pthread_mutex_lock(&c->mu);
+        c->outstanding++;
+        pthread_mutex_unlock(&c->mu);
+        int rc;
+        while ((rc = node_enqueue(c->f->n, key(inbox), strlen(inbox), mid, 0,
+                                  &i, sizeof(i), conc_done, &s->reqs[i])) ==
+               INBOX_EBUSY)
+            usleep(1000);
+        if (rc != 0) {
+            pthread_mutex_lock(&c->mu);
+            c->outstanding--;
+            c->errors++;
+            pthread_mutex_unlock(&c->mu);
+        }
+    }
+    return NULL;
+}
+
+static void test_gapless_concurrent(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(4);
+    fixture_open(f);
+    struct conc *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->f = f;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    struct submitter *subs = calloc(SUBMITTERS, sizeof(*subs));
+    assert_non_null(subs);
+    pthread_t th[SUBMITTERS];
+    for (uint32_t t = 0; t < SUBMITTERS; t++) {
+        subs[t].c = c;
+        subs[t].thread = t;
+        assert_int_equal(pthread_create(&th[t], NULL, submitter_main, &subs[t]),
+                         0);
+    }
+    for (uint32_t t = 0; t < SUBMITTERS; t++)
+        pthread_join(th[t], NULL);
+    pthread_mutex_lock(&c->mu);
+    while (c->outstanding > 0)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    assert_int_equal(c->errors, 0);
+    /* group commit: proposals share appends (and so fsyncs) */
+    uint64_t proposals = counter_of(f->n, "inbox_node_proposals_total");
+    uint64_t appends = counter_of(f->n, "inbox_node_wal_appends_total");
+    assert_int_equal(proposals, SUBMITTERS * PER_SUBMITTER);
+    assert_true(appends < proposals);
+    /* per inbox: the seqs handed out are exactly 1..N, each once */
+    for (uint32_t b = 0; b < CONC_INBOXES; b++) {
+        uint32_t total = 0;
+        static bool seen[SUBMITTERS * PER_SUBMITTER + 1];
+        memset(seen, 0, sizeof(seen));
+        for (uint32_t t = 0; t < SUBMITTERS; t++)
+            for (uint32_t i = b; i < PER_SUBMITTER; i += CONC_INBOXES) {
+                uint64_t s = c->seq[t][i];
+                assert_true(s >= 1 && s <= SUBMITTERS * PER_SUBMITTER);
+                assert_false(seen[s]);
+                seen[s] = true;
+                total++;
+            }
+        for (uint32_t s = 1; s <= total; s++)
+            assert_true(seen[s]);
+        /* and a fetch shows them gapless, in seq order */
+        uint64_t after = 0;
+        uint32_t fetched = 0;
+        for (;;) {
+            struct outcome *o = fetch(f, conc_inbox(b), after);
+            assert_int_equal(o->rc, 0);
+            if (o->count == 0)
+                break;
+            for (size_t k = 0; k < o->count; k++)
+                assert_int_equal(o->seqs[k], after + 1 + k);
+            after += o->count;
+            fetched += (uint32_t)o->count;
+        }
+        assert_int_equal(fetched, total);
+    }
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(subs);
+    free(c);
+    fixture_free(f);
+}
+
+/* Many reads in one cycle: more than raft hands back per ready. */
+#define READS_BURST 3000u
+
+struct burst {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint32_t done;
+    uint32_t bad;
+};
+
+static void burst_done(void *arg, const struct node_result *r)
+{
+    struct burst *b = arg;
+    pthread_mutex_lock(&b->mu);
+    if (r->rc != 0 || r->messages_count != 1 || r->messages[0].seq != 1)
+        b->bad++;
+    b->done++;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static void test_read_burst(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(2);
+    fixture_open(f);
+    assert_int_equal(enqueue(f, "burst", 1, "b")->rc, 0);
+    struct burst b = {.done = 0};
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, NULL);
+    for (uint32_t i = 0; i < READS_BURST; i++)
+        assert_int_equal(
+            node_fetch(f->n, key("burst"), 5, 0, 10, 1024, burst_done, &b), 0);
+    pthread_mutex_lock(&b.mu);
+    while (b.done < READS_BURST)
+        pthread_cond_wait(&b.cv, &b.mu);
+    pthread_mutex_unlock(&b.mu);
+    assert_int_equal(b.bad, 0);
+    pthread_mutex_destroy(&b.mu);
+    pthread_cond_destroy(&b.cv);
+    fixture_free(f);
+}
+
+/* ---- restart, crash ----------------------------------------------------- */
+
+static void test_restart_graceful(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(4);
+    fixture_open(f);
+    for (uint64_t k = 1; k <= 20; k++) {
+        char p[16];
+        snprintf(p, sizeof(p), "m%llu", (unsigned long long)k);
+        assert_int_equal(enqueue(f, k % 2 ? "odd" : "even", k, p)->rc, 0);
+    }
+    assert_int_equal(ack(f, "odd", 3)->rc, 0);
+    int rc = node_seen_set(f->n, key("odd"), 3, 42, waiter_done, &f->w);
+    assert_int_equal(waiter_wait(&f->w, rc)->rc, 0);
+    node_close(f->n);
+    f->n = NULL;
+    fixture_open(f);
+    struct outcome *o = fetch(f, "odd", 0);
+    assert_int_equal(o->count, 7);
+    assert_int_equal(o->seqs[0], 4);
+    o = fetch(f, "even", 0);
+    assert_int_equal(o->count, 10);
+    assert_memory_equal(o->payloads[9], "m20", 3);
+    struct node_inbox q = {key("odd"), 3};
+    rc = node_seen_get(f->n, &q, 1, waiter_done, &f->w);
+    assert_int_equal(waiter_wait(&f->w, rc)->seen[0], 42);
+    /* seqs continue, the dedup window survived */
+    o = enqueue(f, "even", 2, "m2");
+    assert_true(o->deduped);
+    assert_int_equal(o->seq, 1);
+    o = enqueue(f, "even", 100, "new");
+    assert_int_equal(o->seq, 11);
+    /* a graceful close checkpointed: the store holds everything */
+    for (uint32_t s = 0; s < 4; s++) {
+        struct node_shard_status st;
+        assert_int_equal(node_status(f->n, s, &st), 0);
+        assert_int_equal(st.role, 3);
+    }
+    fixture_free(f);
+}
+
+static void test_crash_replay(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(4);
+    fixture_open(f);
+    enum { N = 60 };
+    uint64_t seqs[N];
+    for (uint64_t k = 0; k < N; k++) {
+        char p[16];
+        snprintf(p, sizeof(p), "c%llu", (unsigned long long)k);
+        struct outcome *o = enqueue(f, k % 3 ? "crash-a" : "crash-b", k, p);
+        assert_int_equal(o->rc, 0);
+        seqs[k] = o->seq;
+        if (k == 20) /* part of it is in the store's last checkpoint */
+            assert_int_equal(node_checkpoint(f->n), 0);
+    }
+    assert_int_equal(ack(f, "crash-b", 2)->rc, 0);
+    node_abort_for_test(f->n); /* no sync of the store, no checkpoint */
+    f->n = NULL;
+    fixture_open(f);
+    /* every acknowledged enqueue is there exactly once, with its seq */
+    struct outcome *o = fetch(f, "crash-a", 0);
+    assert_int_equal(o->rc, 0);
+    uint32_t want_a = 0;
+    for (uint64_t k = 0; k < N; k++) {
+        if (k % 3 == 0)
+            continue;
+        char p[16];
+        snprintf(p, sizeof(p), "c%llu", (unsigned long long)k);
+        assert_int_equal(o->seqs[want_a], seqs[k]);
+        assert_memory_equal(o->payloads[want_a], p, strlen(p));
+        want_a++;
+    }
+    assert_int_equal(o->count, want_a);
+    o = fetch(f, "crash-b", 0);
+    assert_int_equal(o->count, N / 3 - 2); /* the ack survived too */
+    assert_int_equal(o->seqs[0], 3);
+    /* replay kept dedup state: a retry gets its first seq */
+    o = enqueue(f, "crash-a", 1, "c1");
+    assert_true(o->deduped);
+    assert_int_equal(o->seq, seqs[1]);
+    o = enqueue(f, "crash-a", 1000, "after");
+    assert_int_equal(o->seq, want_a + 1);
+    /* crash again right away: replay is idempotent over replay */
+    node_abort_for_test(f->n);
+    f->n = NULL;
+    fixture_open(f);
+    o = fetch(f, "crash-a", 0);
+    assert_int_equal(o->count, want_a + 1);
+    fixture_free(f);
+}
+
+/* ---- checkpoints release the WAL ---------------------------------------- */
+
+static void test_checkpoint_releases_segments(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(2);
+    f->o.wal_segment_bytes = INBOX_WAL_SEGMENT_BYTES_MIN;
+    fixture_open(f);
+    static char big[16 * 1024];
+    memset(big, 'x', sizeof(big) - 1);
+    uint8_t mid[INBOX_MSG_ID_BYTES];
+    /* ~4 MiB of entries: several 1 MiB segments */
+    for (uint64_t k = 0; k < 256; k++) {
+        msg_id_of(mid, k, 77);
+        const char *inbox = k % 2 ? "seg-a" : "seg-b";
+        int rc = node_enqueue(f->n, key(inbox), strlen(inbox), mid, 0, big,
+                              sizeof(big), waiter_done, &f->w);
+        assert_int_equal(waiter_wait(&f->w, rc)->rc, 0);
+        if (k % 2)
+            assert_int_equal(ack(f, inbox, k / 2 + 1)->rc, 0);
+    }
+    uint32_t before = count_segments(f->dir);
+    assert_true(before >= 4);
+    assert_int_equal(node_checkpoint(f->n), 0);
+    uint32_t after = count_segments(f->dir);
+    assert_true(after < before);
+    assert_true(after <= 2);
+    struct node_shard_status st;
+    assert_int_equal(node_status(f->n, 0, &st), 0);
+    assert_true(st.released > 0);
+    /* and the node still works, and restarts from the released log */
+    assert_int_equal(enqueue(f, "seg-a", 5000, "tail")->rc, 0);
+    node_abort_for_test(f->n);
+    f->n = NULL;
+    fixture_open(f);
+    int rc = node_inbox_info(f->n, key("seg-b"), 5, waiter_done, &f->w);
+    struct outcome *o = waiter_wait(&f->w, rc);
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->info.pending_count, 128);
+    o = fetch(f, "seg-b", 0); /* capped by INBOX_FETCH_BYTES_MAX */
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->count, INBOX_FETCH_BYTES_MAX / sizeof(big));
+    o = fetch(f, "seg-a", 0);
+    assert_int_equal(o->count, 1);
+    assert_memory_equal(o->payloads[0], "tail", 4);
+    fixture_free(f);
+}
+
+/* ---- identity ----------------------------------------------------------- */
+
+static void test_shard_count_mismatch(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(4);
+    fixture_open(f);
+    assert_int_equal(enqueue(f, "x", 1, "y")->rc, 0);
+    node_close(f->n);
+    f->n = NULL;
+    f->o.shard_count = 8;
+    struct node *n2 = NULL;
+    assert_int_equal(node_open(&f->o, &n2), INBOX_EINVAL);
+    assert_null(n2);
+    assert_non_null(strstr(f->errmsg, "shard_count 4"));
+    f->o.shard_count = 4;
+    f->o.node_id = 8;
+    assert_int_equal(node_open(&f->o, &n2), INBOX_EINVAL);
+    assert_non_null(strstr(f->errmsg, "node 7"));
+    f->o.node_id = 7;
+    fixture_open(f);
+    assert_int_equal(fetch(f, "x", 0)->count, 1);
+    /* the identity file as documented */
+    struct node_meta m;
+    assert_int_equal(node_meta_read(f->dir, &m), 0);
+    assert_int_equal(m.node_id, 7);
+    assert_int_equal(m.shard_count, 4);
+    assert_int_equal(m.voters_count, 1);
+    assert_int_equal(m.voters[0], 7);
+    fixture_free(f);
+}
+
+/* ---- storage failure ---------------------------------------------------- */
+
+static void test_wal_failure_sticky(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(4);
+    f->fv = faultvfs_new(1234);
+    assert_non_null(f->fv);
+    f->o.wal_vfs = faultvfs_vfs(f->fv);
+    fixture_open(f);
+    for (uint64_t k = 1; k <= 5; k++)
+        assert_int_equal(enqueue(f, "fail-a", k, "ok")->rc, 0);
+    assert_int_equal(node_failed(f->n), 0);
+    faultvfs_fail_sync(f->fv, 1);
+    struct outcome *o = enqueue(f, "fail-a", 6, "lost?");
+    assert_int_equal(o->rc, INBOX_EFAILED);
+    assert_true(node_failed(f->n) != 0);
+    /* sticky: later writes fail, on any shard */
+    o = enqueue(f, "fail-b", 7, "no");
+    assert_int_equal(o->rc, INBOX_EFAILED);
+    o = ack(f, "fail-a", 1);
+    assert_int_equal(o->rc, INBOX_EFAILED);
+    /* reads keep working and show every acknowledged write */
+    o = fetch(f, "fail-a", 0);
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->count, 5);
+    int rc = node_inbox_info(f->n, key("fail-a"), 6, waiter_done, &f->w);
+    o = waiter_wait(&f->w, rc);
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->info.next_seq, 6);
+    node_close(f->n); /* graceful close of a failed node must not hang */
+    f->n = NULL;
+    fixture_free(f);
+}
+
+/* The store's map fills up: the store fails (sticky), writes answer
+ * EFAILED; reopened with a larger map, the WAL replays every acknowledged
+ * enqueue the failed store had lost. */
+static void test_store_full_then_recover(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(2);
+    f->o.store_map_bytes = 2u * INBOX_MIB;
+    fixture_open(f);
+    static char big[8 * 1024];
+    memset(big, 'y', sizeof(big));
+    uint8_t mid[INBOX_MSG_ID_BYTES];
+    uint64_t acked = 0;
+    int rc = 0;
+    for (uint64_t k = 0; k < 1000; k++) {
+        msg_id_of(mid, k, 5);
+        rc = node_enqueue(f->n, key("full"), 4, mid, 0, big, sizeof(big),
+                          waiter_done, &f->w);
+        rc = waiter_wait(&f->w, rc)->rc;
+        if (rc != 0)
+            break;
+        acked++;
+        assert_int_equal(f->w.out.seq, acked);
+    }
+    assert_int_equal(rc, INBOX_EFAILED);
+    assert_true(acked > 10);
+    assert_int_equal(node_failed(f->n), INBOX_EFULL);
+    assert_int_equal(enqueue(f, "other", 1, "x")->rc, INBOX_EFAILED);
+    /* the failed store answers reads with EFAILED too */
+    assert_int_equal(fetch(f, "full", 0)->rc, INBOX_EFAILED);
+    node_close(f->n);
+    f->n = NULL;
+    f->o.store_map_bytes = 64u * INBOX_MIB;
+    fixture_open(f);
+    rc = node_inbox_info(f->n, key("full"), 4, waiter_done, &f->w);
+    struct outcome *o = waiter_wait(&f->w, rc);
+    assert_int_equal(o->rc, 0);
+    /* every acknowledged enqueue is back; the one answered EFAILED may or
+     * may not be (its outcome was unknown) */
+    assert_true(o->info.next_seq - 1 == acked ||
+                o->info.next_seq - 1 == acked + 1);
+    msg_id_of(mid, 0, 5); /* a retry of the first enqueue */
+    rc = node_enqueue(f->n, key("full"), 4, mid, 0, big, sizeof(big),
+                      waiter_done, &f->w);
+    o = waiter_wait(&f->w, rc);
+    assert_int_equal(o->rc, 0);
+    assert_true(o->deduped);
+    assert_int_equal(o->seq, 1);
+    fixture_free(f);
+}
+
+/* Power loss under load: the WAL's file layer crashes (every unsynced
+ * write is lost, torn sectors may land) while enqueues are in flight.
+ * Every enqueue that was acknowledged must come back with its seq. */
+#define POWER_REQS 400u
+
+struct power {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint32_t done;
+    uint32_t acked;
+    int rc[POWER_REQS];
+    uint64_t seq[POWER_REQS];
+    uint32_t idx[POWER_REQS];
+};
+
+struct power_req {
+    struct power *pw;
+    uint32_t i;
+};
+
+static void power_done(void *arg, const struct node_result *r)
+{
+    struct power_req *pr = arg;
+    struct power *pw = pr->pw;
+    pthread_mutex_lock(&pw->mu);
+    pw->rc[pr->i] = r->rc;
+    pw->seq[pr->i] = r->seq;
+    if (r->rc == 0)
+        pw->acked++;
+    pw->done++;
+    pthread_cond_broadcast(&pw->cv);
+    pthread_mutex_unlock(&pw->mu);
+}
+
+static void test_power_loss_under_load(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(4);
+    f->fv = faultvfs_new(99);
+    assert_non_null(f->fv);
+    faultvfs_sync_delay_us(f->fv, 5000); /* slow disk: batches pile up */
+    f->o.wal_vfs = faultvfs_vfs(f->fv);
+    fixture_open(f);
+    struct power *pw = calloc(1, sizeof(*pw));
+    struct power_req *prs = calloc(POWER_REQS, sizeof(*prs));
+    assert_non_null(pw);
+    assert_non_null(prs);
+    pthread_mutex_init(&pw->mu, NULL);
+    pthread_cond_init(&pw->cv, NULL);
+    uint32_t submitted = 0;
+    for (uint32_t i = 0; i < POWER_REQS; i++) {
+        uint8_t mid[INBOX_MSG_ID_BYTES];
+        msg_id_of(mid, i, 3);
+        prs[i] = (struct power_req){pw, i};
+        const char *inbox = i % 2 ? "pow-a" : "pow-b";
+        int rc = node_enqueue(f->n, key(inbox), 5, mid, 0, &i, sizeof(i),
+                              power_done, &prs[i]);
+        if (rc != 0) {
+            pw->rc[i] = rc;
+            continue;
+        }
+        submitted++;
+        if (i == POWER_REQS / 2) { /* crash with half of them in flight */
+            pthread_mutex_lock(&pw->mu);
+            while (pw->acked < 50)
+                pthread_cond_wait(&pw->cv, &pw->mu);
+            pthread_mutex_unlock(&pw->mu);
+            faultvfs_crash(f->fv);
+        }
+    }
+    pthread_mutex_lock(&pw->mu);
+    while (pw->done < submitted)
+        pthread_cond_wait(&pw->cv, &pw->mu);
+    pthread_mutex_unlock(&pw->mu);
+    assert_true(pw->acked >= 50);
+    assert_true(node_failed(f->n) != 0);
+    node_abort_for_test(f->n);
+    f->n = NULL;
+    faultvfs_restart(f->fv, true);
+    fixture_open(f);
+    for (int b = 0; b < 2; b++) {
+        const char *inbox = b ? "pow-a" : "pow-b";
+        uint64_t after = 0;
+        uint32_t found = 0;
+        for (;;) {
+            struct outcome *o = fetch(f, inbox, after);
+            assert_int_equal(o->rc, 0);
+            if (o->count == 0)
+                break;
+            for (size_t k = 0; k < o->count; k++) {
+                assert_int_equal(o->seqs[k], after + 1 + k); /* gapless */
+                uint32_t i;
+                assert_int_equal(o->lens[k], sizeof(i));
+                memcpy(&i, o->payloads[k], sizeof(i));
+                assert_true(i < POWER_REQS && (int)(i % 2) == b);
+                /* acknowledged ones kept their seq */
+                if (pw->rc[i] == 0)
+                    assert_int_equal(pw->seq[i], o->seqs[k]);
+                pw->idx[i] = 1;
+            }
+            after += o->count;
+            found += (uint32_t)o->count;
+        }
+        (void)found;
+    }
+    for (uint32_t i = 0; i < POWER_REQS; i++)
+        if (pw->rc[i] == 0)
+            assert_int_equal(pw->idx[i], 1); /* nothing acked was lost */
+    pthread_mutex_destroy(&pw->mu);
+    pthread_cond_destroy(&pw->cv);
+    free(prs);
+    free(pw);
+    fixture_free(f);
+}
+
+/* node_close with requests in flight: each completes exactly once, and
+ * every one answered 0 is there after reopening. */
+static void test_close_with_inflight(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(4);
+    fixture_open(f);
+    struct power *pw = calloc(1, sizeof(*pw));
+    struct power_req *prs = calloc(POWER_REQS, sizeof(*prs));
+    assert_non_null(pw);
+    assert_non_null(prs);
+    pthread_mutex_init(&pw->mu, NULL);
+    pthread_cond_init(&pw->cv, NULL);
+    uint32_t submitted = 0;
+    for (uint32_t i = 0; i < POWER_REQS; i++) {
+        uint8_t mid[INBOX_MSG_ID_BYTES];
+        msg_id_of(mid, i, 4);
+        prs[i] = (struct power_req){pw, i};
+        int rc = node_enqueue(f->n, key("closing"), 7, mid, 0, &i, sizeof(i),
+                              power_done, &prs[i]);
+        assert_int_equal(rc, 0);
+        submitted++;
+    }
+    node_close(f->n); /* returns only when every request was answered */
+    f->n = NULL;
+    assert_int_equal(pw->done, submitted);
+    uint32_t ok = 0;
+    for (uint32_t i = 0; i < POWER_REQS; i++) {
+        assert_true(pw->rc[i] == 0 || pw->rc[i] == INBOX_ESHUTDOWN);
+        ok += pw->rc[i] == 0;
+    }
+    fixture_open(f);
+    int rc = node_inbox_info(f->n, key("closing"), 7, waiter_done, &f->w);
+    struct outcome *o = waiter_wait(&f->w, rc);
+    assert_int_equal(o->rc, 0);
+    assert_true(o->info.next_seq - 1 >= ok);
+    /* the acknowledged ones kept their seqs */
+    uint64_t after = 0;
+    uint32_t seen = 0;
+    for (;;) {
+        o = fetch(f, "closing", after);
+        if (o->count == 0)
+            break;
+        for (size_t k = 0; k < o->count; k++) {
+            uint32_t i;
+            memcpy(&i, o->payloads[k], sizeof(i));
+            if (pw->rc[i] == 0) {
+                assert_int_equal(pw->seq[i], o->seqs[k]);
+                seen++;
+            }
+        }
+        after += o->count;
+    }
+    assert_int_equal(seen, ok);
+    pthread_mutex_destroy(&pw->mu);
+    pthread_cond_destroy(&pw->cv);
+    free(prs);
+    free(pw);
+    fixture_free(f);
+}
+
+/* docs/protocol.md's routing vectors. */
+static void test_routing_vectors(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(64);
+    fixture_open(f);
+    assert_int_equal(node_shard_count(f->n), 64);
+    assert_int_equal(node_shard_of(f->n, key("alice"), 5), 48);
+    assert_int_equal(node_shard_of(f->n, key("bob"), 3), 37);
+    assert_int_equal(node_shard_of(f->n, key("carol"), 5), 36);
+    struct outcome *o = enqueue(f, "alice", 1, "a");
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->shard, 48);
+    fixture_free(f);
+}
+
+/* Bounds: a full request queue answers EBUSY at once; proposals past
+ * raft's uncommitted bytes complete with ETOO_MANY_PROPOSALS. A slow disk
+ * (the fault vfs's sync delay) keeps requests in flight. */
+struct counts {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint32_t done, ok, too_many, other;
+};
+
+static void counts_done(void *arg, const struct node_result *r)
+{
+    struct counts *c = arg;
+    pthread_mutex_lock(&c->mu);
+    if (r->rc == 0)
+        c->ok++;
+    else if (r->rc == INBOX_ETOO_MANY_PROPOSALS)
+        c->too_many++;
+    else
+        c->other++;
+    c->done++;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static uint32_t submit_burst(struct fixture *f, struct counts *c,
+                             uint32_t count, size_t payload_len, uint32_t *busy)
+{
+    static char payload[32 * 1024];
+    uint32_t accepted = 0;
+    *busy = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint8_t mid[INBOX_MSG_ID_BYTES];
+        msg_id_of(mid, i, 11);
+        int rc = node_enqueue(f->n, key("bound"), 5, mid, 0, payload,
+                              payload_len, counts_done, c);
+        if (rc == INBOX_EBUSY)
+            (*busy)++;
+        else if (rc == 0)
+            accepted++;
+        else
+            fail_msg("unexpected %s", inbox_err_name(rc));
+    }
+    pthread_mutex_lock(&c->mu);
+    while (c->done < accepted)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    return accepted;
+}
+
+static void test_bounds(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(1);
+    f->fv = faultvfs_new(7);
+    assert_non_null(f->fv);
+    faultvfs_sync_delay_us(f->fv, 50000);
+    f->o.wal_vfs = faultvfs_vfs(f->fv);
+    f->o.requests_max = 8;
+    f->o.uncommitted_bytes_max = 100u * 1024u;
+    fixture_open(f);
+    struct counts c = {.done = 0};
+    pthread_mutex_init(&c.mu, NULL);
+    pthread_cond_init(&c.cv, NULL);
+    uint32_t busy = 0;
+    uint32_t accepted = submit_burst(f, &c, 40, 16, &busy);
+    assert_true(busy > 0);
+    assert_true(accepted >= 8);
+    assert_int_equal(c.other, 0);
+    /* 32 KiB proposals against 100 KiB of uncommitted bytes */
+    memset(&c.done, 0, sizeof(c) - offsetof(struct counts, done));
+    node_close(f->n);
+    f->n = NULL;
+    f->o.requests_max = 0;
+    fixture_open(f);
+    accepted = submit_burst(f, &c, 8, 32 * 1024, &busy);
+    assert_int_equal(busy, 0);
+    assert_int_equal(c.other, 0);
+    assert_true(c.too_many > 0);
+    assert_true(c.ok >= 2);
+    pthread_mutex_destroy(&c.mu);
+    pthread_cond_destroy(&c.cv);
+    fixture_free(f);
+}
+
+int main(void)
+{
+    log_set_level(LOG_WARN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_routing_vectors),
+        cmocka_unit_test(test_bounds),
+        cmocka_unit_test(test_dedup_and_ack_beyond),
+        cmocka_unit_test(test_gapless_concurrent),
+        cmocka_unit_test(test_read_burst),
+        cmocka_unit_test(test_restart_graceful),
+        cmocka_unit_test(test_crash_replay),
+        cmocka_unit_test(test_checkpoint_releases_segments),
+        cmocka_unit_test(test_shard_count_mismatch),
+        cmocka_unit_test(test_wal_failure_sticky),
+        cmocka_unit_test(test_store_full_then_recover),
+        cmocka_unit_test(test_power_loss_under_load),
+        cmocka_unit_test(test_close_with_inflight),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
