@@ -150,17 +150,26 @@ static void entry_release(struct serve *sv, struct entry *e)
     free(e);
 }
 
+/* Take f off the global PARKED list (not off its entry). */
+static void waiters_list_remove(struct serve *sv, struct fetch *f)
+{
+    f->prev->next = f->next;
+    f->next->prev = f->prev;
+    f->entry = NULL;
+    sv->waiters_count--;
+}
+
+/* Unpark f: off its entry (freeing the entry if nothing else hangs on it)
+ * and off the global list. */
 static void waiter_unlink(struct serve *sv, struct fetch *f)
 {
-    struct fetch **p = &f->entry->fetches;
+    struct entry *e = f->entry;
+    struct fetch **p = &e->fetches;
     while (*p != f)
         p = &(*p)->next_in_entry;
     *p = f->next_in_entry;
-    f->prev->next = f->next;
-    f->next->prev = f->prev;
-    sv->waiters_count--;
-    entry_release(sv, f->entry);
-    f->entry = NULL;
+    waiters_list_remove(sv, f);
+    entry_release(sv, e);
 }
 
 /* ---- responses ---------------------------------------------------------- */
@@ -276,18 +285,19 @@ static struct fetch *wake_entry(struct serve *sv, struct entry *e,
                                 uint64_t last_seq)
 {
     struct fetch *woken = NULL;
-    struct fetch *f = e->fetches;
-    while (f != NULL) {
-        struct fetch *next = f->next_in_entry;
-        if (f->after_seq < last_seq) {
-            waiter_unlink(sv, f);
-            f->next_in_entry = woken;
-            woken = f;
-            if (e->fetches == NULL && e->watches == NULL)
-                break; /* e was freed with its last waiter */
+    struct fetch **pp = &e->fetches;
+    while (*pp != NULL) {
+        struct fetch *f = *pp;
+        if (f->after_seq >= last_seq) {
+            pp = &f->next_in_entry;
+            continue;
         }
-        f = next;
+        *pp = f->next_in_entry;
+        waiters_list_remove(sv, f);
+        f->next_in_entry = woken;
+        woken = f;
     }
+    entry_release(sv, e); /* e may be gone from here on */
     return woken;
 }
 
