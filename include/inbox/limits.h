@@ -182,6 +182,10 @@ _Static_assert(3u + INBOX_SEEN_GET_INBOXES_MAX * (1u + INBOX_KEY_BYTES_MAX) <=
 /* Retry backoff: doubles from min to max, jittered. */
 #define INBOX_CLIENT_BACKOFF_MIN_MS_DEFAULT 10u
 #define INBOX_CLIENT_BACKOFF_MAX_MS_DEFAULT 1000u
+/* A connection with requests (or watches) outstanding and nothing received
+ * for this long is sent a PING; nothing for twice this long: it is closed
+ * and its requests retried elsewhere (blackholed peers, SIGSTOPped nodes). */
+#define INBOX_CLIENT_STALL_TIMEOUT_MS_DEFAULT 5000u
 /* NOT_LEADER redirects followed at once before backoff applies. */
 #define INBOX_CLIENT_REDIRECTS_FAST_MAX 4u
 /* Socket reads per connection per poll round, bytes per read. */
