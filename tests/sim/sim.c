@@ -12,8 +12,9 @@
  * properties (see check_* below); at the end faults heal and liveness is
  * required within a bounded number of ticks.
  *
- *   sim --seed N [--nodes 3|5] [-v]       replay one seed exactly
- *   sim --seeds N [--from S] [--nodes K]  run N seeds
+ *   sim --seed N [--nodes 3|5] [--profile P] [-v]   replay one seed
+ *   sim --seeds N [--from S] [--nodes K] [--profile P]  run N seeds
+ *   P: calm | storm | flap (default: each seed picks its own)
  *
  * A failure prints the seed, the check that fired, and the last events.
  */
