@@ -1038,13 +1038,17 @@ static bool committed_in_term(const struct raft *r)
 
 /* ---- reads (§6.4) ------------------------------------------------------- */
 
-static void read_ready(struct raft *r, uint64_t ctx, uint64_t index)
+/* Queue a confirmed read for the next ready batch. False when the batch is
+ * full: the caller must keep the read (or refuse it) — a read accepted by
+ * raft_read_index is never dropped. */
+static bool read_ready(struct raft *r, uint64_t ctx, uint64_t index)
 {
-    if (r->reads_ready_count < INBOX_RAFT_READS_PENDING_MAX) {
-        r->reads_ready[r->reads_ready_count].ctx = ctx;
-        r->reads_ready[r->reads_ready_count].index = index;
-        r->reads_ready_count++;
-    }
+    if (r->reads_ready_count >= INBOX_RAFT_READS_PENDING_MAX)
+        return false;
+    r->reads_ready[r->reads_ready_count].ctx = ctx;
+    r->reads_ready[r->reads_ready_count].index = index;
+    r->reads_ready_count++;
+    return true;
 }
 
 /* A heartbeat round confirmed by a quorum: release its reads, extend the
@@ -1054,10 +1058,12 @@ static void rounds_acked(struct raft *r)
     uint64_t q = quorum_value(r, true);
     uint32_t k = 0;
     for (uint32_t i = 0; i < r->reads_count; i++) {
-        if (r->reads[i].round != 0 && r->reads[i].round <= q)
-            read_ready(r, r->reads[i].ctx, r->reads[i].index);
-        else
-            r->reads[k++] = r->reads[i];
+        /* Confirmed reads that do not fit this ready batch stay here and
+         * are released by raft_advance, once the batch is consumed. */
+        if (r->reads[i].round != 0 && r->reads[i].round <= q &&
+            read_ready(r, r->reads[i].ctx, r->reads[i].index))
+            continue;
+        r->reads[k++] = r->reads[i];
     }
     r->reads_count = k;
     if (q > 0 && q + ROUND_RING > r->round) {
@@ -1083,14 +1089,8 @@ int raft_read_index(struct raft *r, uint64_t ctx)
      * entry of this term is committed. */
     if (!committed_in_term(r))
         return INBOX_ESTALE_READ;
-    if (r->memb.voters_count == 1 && is_voter(r, r->id)) {
-        read_ready(r, ctx, r->commit);
-        return 0;
-    }
-    if (lease_valid(r)) {
-        read_ready(r, ctx, r->commit);
-        return 0;
-    }
+    if ((r->memb.voters_count == 1 && is_voter(r, r->id)) || lease_valid(r))
+        return read_ready(r, ctx, r->commit) ? 0 : INBOX_EBUSY;
     if (r->reads_count >= INBOX_RAFT_READS_PENDING_MAX)
         return INBOX_EBUSY;
     r->reads[r->reads_count].ctx = ctx;
@@ -1100,7 +1100,7 @@ int raft_read_index(struct raft *r, uint64_t ctx)
 #ifdef RAFT_PLANT_BUG_READ_NO_HEARTBEAT
     /* Planted bug 4: serve from local state with no quorum round. */
     r->reads_count--;
-    read_ready(r, ctx, r->commit);
+    (void)read_ready(r, ctx, r->commit);
 #else
     r->read_round_needed = true;
 #endif
@@ -1816,6 +1816,9 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
     r->q_count = 0;
     r->reads_ready_count = 0;
     arena_reset(r, true);
+    /* Reads confirmed while the last batch was full. */
+    if (r->role == RAFT_LEADER && r->reads_count > 0)
+        rounds_acked(r);
     if (r->role == RAFT_LEADER) {
         /* I3: the leader counts itself only for what is now durable. */
         struct progress *self = pr_find(r, r->id);

@@ -31,6 +31,7 @@ struct t_node {
     uint64_t applied_data_sum;
     struct raft_read_state reads[64];
     uint32_t reads_count;
+    uint64_t reads_total; /* every read released, including past reads[] */
     bool installed_snapshot;
 };
 
@@ -196,6 +197,7 @@ static inline bool t_ready(struct t_net *t, uint64_t id)
     }
     for (size_t i = 0; i < rd.reads_count && n->reads_count < 64; i++)
         n->reads[n->reads_count++] = rd.reads[i];
+    n->reads_total += rd.reads_count;
     raft_advance(n->r, &rd);
     sim_storage_release(&n->st);
     return true;

@@ -500,6 +500,57 @@ static void test_read_index_waits_for_heartbeat_quorum(void **state)
 
 /* §6.4 step 1: "If the leader has not yet marked an entry from its current
  * term committed, it waits until it has done so." */
+/* A read accepted by raft_read_index is never lost: a single voter answers
+ * reads at once into the next ready batch and refuses (EBUSY) what does not
+ * fit; a leader whose heartbeat rounds confirm more reads than one batch
+ * holds releases the rest after raft_advance. */
+static void test_reads_beyond_one_batch_not_lost(void **state)
+{
+    (void)state;
+    const uint32_t cap = INBOX_RAFT_READS_PENDING_MAX;
+    t_init(&net, 1, 0, NULL);
+    t_elect(&net, 1);
+    t_settle(&net);
+    for (uint32_t i = 0; i < cap; i++)
+        assert_int_equal(raft_read_index(net.n[1].r, i + 1), 0);
+    assert_int_equal(raft_read_index(net.n[1].r, 99999), INBOX_EBUSY);
+    t_settle(&net);
+    assert_true(net.n[1].reads_total == cap);
+    assert_int_equal(raft_read_index(net.n[1].r, 7), 0);
+    t_settle(&net);
+    assert_true(net.n[1].reads_total == cap + 1);
+    t_fini(&net);
+
+    /* Three voters: two rounds in flight, both confirmed before the leader's
+     * next ready, filling one batch exactly (raft_read_index bounds the
+     * pending reads to one batch, so rounds alone cannot overflow it). */
+    t_init(&net, 3, 0, NULL);
+    t_elect(&net, 1);
+    t_settle(&net);
+    uint32_t half = cap / 2;
+    for (uint32_t i = 0; i < half; i++)
+        assert_int_equal(raft_read_index(net.n[1].r, i + 1), 0);
+    assert_true(t_ready(&net, 1)); /* round 1 goes out */
+    for (uint32_t i = 0; i < half; i++)
+        assert_int_equal(raft_read_index(net.n[1].r, half + i + 1), 0);
+    assert_true(t_ready(&net, 1)); /* round 2 goes out */
+    /* Deliver everything, letting only the followers run their readies. */
+    for (int guard = 0; guard < 100000 && net.qn > 0; guard++) {
+        struct t_msg q = net.q[0];
+        memmove(net.q, net.q + 1, (net.qn - 1) * sizeof(net.q[0]));
+        net.qn--;
+        if (q.m.to <= net.count && net.n[q.m.to].r)
+            (void)raft_step(net.n[q.m.to].r, &q.m);
+        free(q.block);
+        for (uint64_t id = 2; id <= 3; id++)
+            while (t_ready(&net, id))
+                ;
+    }
+    t_settle(&net);
+    assert_true(net.n[1].reads_total == 2u * half);
+    t_fini(&net);
+}
+
 static void test_read_index_needs_commit_in_term(void **state)
 {
     (void)state;
@@ -829,6 +880,7 @@ int main(void)
         cmocka_unit_test(test_vote_ignored_while_leader_is_heard),
         cmocka_unit_test(test_read_index_waits_for_heartbeat_quorum),
         cmocka_unit_test(test_read_index_needs_commit_in_term),
+        cmocka_unit_test(test_reads_beyond_one_batch_not_lost),
         cmocka_unit_test(test_lease_read),
         cmocka_unit_test(test_learner_replicates_without_voting),
         cmocka_unit_test(test_conf_changes_one_at_a_time),
