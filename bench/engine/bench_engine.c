@@ -53,6 +53,7 @@ struct opts {
     uint32_t shards;
     uint32_t checkpoint_ms;
     uint64_t segment_bytes;
+    uint64_t map_bytes;
     const char *dir;
 };
 
@@ -348,7 +349,8 @@ static void usage(void)
             "usage: bench_engine [--seconds S] [--count N] [--inboxes N]\n"
             "         [--payload BYTES] [--writers N] [--batch N] "
             "[--shards N]\n"
-            "         [--checkpoint-ms MS] [--segment-mib N] [--dir DIR]\n");
+            "         [--checkpoint-ms MS] [--segment-mib N] [--map-gib N] "
+            "[--dir DIR]\n");
     exit(2);
 }
 
@@ -363,6 +365,7 @@ static void parse(int argc, char **argv, struct opts *o)
                        .shards = 64,
                        .checkpoint_ms = 1000,
                        .segment_bytes = 64u * INBOX_MIB,
+                       .map_bytes = 0,
                        .dir = "./bench-engine-data"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -387,6 +390,8 @@ static void parse(int argc, char **argv, struct opts *o)
             o->checkpoint_ms = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--segment-mib"))
             o->segment_bytes = strtoull(v, NULL, 10) * INBOX_MIB;
+        else if (!strcmp(a, "--map-gib"))
+            o->map_bytes = strtoull(v, NULL, 10) << 30;
         else if (!strcmp(a, "--dir"))
             o->dir = v;
         else
@@ -503,6 +508,8 @@ int main(int argc, char **argv)
     struct store_options so;
     store_options_init(&so);
     so.path = store_dir;
+    if (B.o.map_bytes)
+        so.map_size = B.o.map_bytes;
     struct store *st = NULL;
     rc = store_open(&so, &st);
     if (rc != 0)
