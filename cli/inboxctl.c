@@ -9,19 +9,47 @@
  *   2  usage error: unknown command or flag, missing or malformed value
  *   3  cannot reach the cluster (connection, TLS) — retrying may help
  *
- * Commands that talk to a node arrive with the client library; this file
- * starts with `cert`, which needs no node.
+ * `cert` needs no node. Every other command talks to the cluster through
+ * libinbox (include/inbox/client.h) and takes the global connection options
+ * (--addr, --ca, --cert, --key, --timeout, --json), before or after the
+ * command's name.
+ *
+ * Each remote command runs one call (watch: a watch, then pushes) on the
+ * library's async core and drives inbox_client_poll() itself rather than
+ * using the synchronous wrappers: the library retries a refused connection
+ * until the call's deadline, which is right for a service and wrong for a
+ * person at a terminal. So while a call is pending and the library has met
+ * a failure, inboxctl checks (at most once a second) whether any --addr
+ * still accepts TCP connections, and says "cannot connect" at once when
+ * none does (exit 3).
+ *
+ * Output: a human form by default; with --json one JSON object on stdout
+ * (watch: one object per line), and on failure {"error": NAME, ...} on
+ * stdout besides the text on stderr. Payloads in JSON are text when they
+ * are valid UTF-8 ("payload_encoding": "utf8") and base64 otherwise
+ * ("payload_encoding": "base64").
  */
+#include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cert.h"
+#include "inbox/client.h"
 #include "inbox/error.h"
 #include "inbox/limits.h"
 
@@ -39,9 +67,33 @@ struct command {
     const char *summary;
     const char *usage;
     int (*run)(int argc, char **argv);
+    bool remote; /* takes the global connection options */
 };
 
 static const struct command *find_command(const char *a, const char *b);
+
+static const char global_usage[] =
+    "\nconnection options (before or after the command):\n"
+    "  --addr HOST:PORT  a node to start from; repeat for several seeds\n"
+    "                    (default 127.0.0.1:7420)\n"
+    "  --ca FILE         the cluster CA (default ./inboxd-data/tls/ca.crt)\n"
+    "  --cert FILE       this client's certificate\n"
+    "                    (default ./inboxd-data/tls/admin.crt)\n"
+    "  --key FILE        its key (default ./inboxd-data/tls/admin.key)\n"
+    "                    (inboxd makes these three on its first start)\n"
+    "  --timeout MS      deadline of the operation, connecting and retries\n"
+    "                    included (default 10000)\n"
+    "  --json            JSON on stdout; a failure prints {\"error\": NAME,\n"
+    "                    \"message\": ..., \"advice\": ...} there too\n"
+    "exit codes: 0 ok, 1 operation failed, 2 usage, 3 cannot reach the "
+    "cluster (connection or TLS)\n";
+
+static void print_usage(const struct command *c, FILE *f)
+{
+    fputs(c->usage, f);
+    if (c->remote)
+        fputs(global_usage, f);
+}
 
 static int usage_error(const struct command *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -52,7 +104,8 @@ static int usage_error(const struct command *c, const char *fmt, ...)
     va_start(ap, fmt);
     fprintf(stderr, "inboxctl: ");
     vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n\n%s", c->usage);
+    fprintf(stderr, "\n\n");
+    print_usage(c, stderr);
     va_end(ap);
     return EXIT_USAGE;
 }
@@ -76,8 +129,9 @@ static int parse_days(const struct command *c, const char *v, uint32_t *out)
     errno = 0;
     unsigned long d = strtoul(v, &end, 10);
     if (errno || end == v || *end || d == 0 || d > 36500) {
-        usage_error(c, "--days wants a number of days from 1 to 36500, not "
-                       "'%s'",
+        usage_error(c,
+                    "--days wants a number of days from 1 to 36500, not "
+                    "'%s'",
                     v);
         return -1;
     }
@@ -93,13 +147,12 @@ static int ensure_dir(const char *dir)
     return -errno;
 }
 
-static void join(char *out, const char *dir, const char *name,
-                 const char *ext)
+static void join(char *out, const char *dir, const char *name, const char *ext)
 {
     snprintf(out, PATH_BYTES_MAX, "%s/%s%s", dir, name, ext);
 }
 
-/* ---- cert ca ------------------------------------------------------------ */
+/* ---- cert ca ------------------------------------------------------------- */
 
 static int cmd_cert_ca(int argc, char **argv)
 {
@@ -160,7 +213,7 @@ static int cmd_cert_ca(int argc, char **argv)
     return EXIT_OK;
 }
 
-/* ---- cert node / cert client -------------------------------------------- */
+/* ---- cert node / cert client --------------------------------------------- */
 
 static int issue(const struct command *c, int argc, char **argv, bool node)
 {
@@ -231,8 +284,7 @@ static int issue(const struct command *c, int argc, char **argv, bool node)
         return usage_error(c, "--role is required: frontend or admin");
     if (cert_role_parse(role_name, &role) != 0 ||
         (!node && role == INBOX_ROLE_NODE))
-        return usage_error(c, "--role '%s': use frontend or admin",
-                           role_name);
+        return usage_error(c, "--role '%s': use frontend or admin", role_name);
     if (node && hosts_count == 0)
         return usage_error(c, "a node needs at least one --host (an address "
                               "or name its peers and clients dial)");
@@ -262,8 +314,8 @@ static int issue(const struct command *c, int argc, char **argv, bool node)
                         "create it first with `inboxctl cert ca --dir DIR`");
     if (rc != 0)
         return op_error("cannot issue the certificate", rc, msg, NULL);
-    printf("issued %s certificate for %s: %s (key %s)\n",
-           cert_role_name(role), name, crt, key);
+    printf("issued %s certificate for %s: %s (key %s)\n", cert_role_name(role),
+           name, crt, key);
     return EXIT_OK;
 }
 
@@ -277,7 +329,1929 @@ static int cmd_cert_client(int argc, char **argv)
     return issue(find_command("cert", "client"), argc, argv, false);
 }
 
-/* ---- table and dispatch ------------------------------------------------- */
+/* ---- global connection options ------------------------------------------- */
+
+#define SEED_DEFAULT "127.0.0.1:7420"
+#define TLS_DIR_DEFAULT "./inboxd-data/tls"
+#define TIMEOUT_MS_DEFAULT INBOX_CLIENT_TIMEOUT_MS_DEFAULT
+#define CONNECT_TIMEOUT_MS_MAX INBOX_CLIENT_CONNECT_TIMEOUT_MS_DEFAULT
+#define PROBE_INTERVAL_MS 1000u
+#define PROBE_CONNECT_MS_MAX 1000
+#define POLL_SLICE_MS 100
+#define OPTIONS_MAX 24
+#define WHY_BYTES 1536
+#define HOST_BYTES_MAX 256
+#define PORT_BYTES_MAX 8
+/* Human output shows this much of a payload, then "... (N bytes)". */
+#define PAYLOAD_SHOW_BYTES_MAX 200u
+#define PAYLOAD_SHOW_HEX_BYTES_MAX 48u
+/* status lists each shard up to this many, else summarises by role. */
+#define STATUS_LIST_SHARDS_MAX 16u
+/* "2026-11-27T20:02:13.182Z", with room for any int gmtime_r gives. */
+#define TIME_TEXT_BYTES 96
+
+enum global_opt {
+    OPT_ADDR = 1000,
+    OPT_CA,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_TIMEOUT,
+    OPT_JSON,
+};
+
+static const struct option global_options[] = {
+    {"addr", required_argument, 0, OPT_ADDR},
+    {"ca", required_argument, 0, OPT_CA},
+    {"cert", required_argument, 0, OPT_CERT},
+    {"key", required_argument, 0, OPT_KEY},
+    {"timeout", required_argument, 0, OPT_TIMEOUT},
+    {"json", no_argument, 0, OPT_JSON},
+    {"help", no_argument, 0, 'h'},
+};
+
+#define GLOBAL_OPTIONS_COUNT (sizeof global_options / sizeof global_options[0])
+
+struct global {
+    const char *seeds[INBOX_CLIENT_SEEDS_MAX];
+    size_t seeds_count;
+    const char *ca, *cert, *key;
+    uint32_t timeout_ms;
+    bool json;
+};
+
+/* A command's own option (ch from its struct option table). Returns -1 to
+ * go on, else the exit code to stop with. */
+typedef int own_option_fn(void *ctx, const struct command *c, int ch,
+                          const char *arg);
+
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    if (s == NULL || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end = NULL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* parse_u64, or a usage error naming what was wanted. Returns -1 on
+ * success (go on), else the exit code. */
+static int want_u64(const struct command *c, const char *what, const char *s,
+                    uint64_t min, uint64_t max, uint64_t *out)
+{
+    if (parse_u64(s, min, max, out) == 0)
+        return -1;
+    return usage_error(
+        c, "%s wants a whole number from %" PRIu64 " to %" PRIu64 ", not '%s'",
+        what, min, max, s);
+}
+
+/* "500ms", "30s", "5m", "2h", "7d"; a bare number is milliseconds. */
+static int parse_duration_ms(const char *s, uint64_t *out)
+{
+    static const struct {
+        const char *suffix;
+        uint64_t mult;
+    } units[] = {{"", 1},          {"ms", 1},          {"s", 1000},
+                 {"m", 60 * 1000}, {"h", 3600 * 1000}, {"d", 86400 * 1000}};
+    if (s == NULL || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end = NULL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0)
+        return -1;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].suffix) != 0)
+            continue;
+        if (v != 0 && units[i].mult > UINT64_MAX / v)
+            return -1;
+        *out = (uint64_t)v * units[i].mult;
+        return 0;
+    }
+    return -1;
+}
+
+/* "host:port" or "[v6]:port" -> host and port (both non-empty). */
+static int split_addr(const char *addr, char *host, size_t host_bytes,
+                      char *port, size_t port_bytes)
+{
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr)
+        return -1;
+    const char *h = addr;
+    size_t hl = (size_t)(colon - addr);
+    if (addr[0] == '[') {
+        if (hl < 3 || addr[hl - 1] != ']')
+            return -1;
+        h = addr + 1;
+        hl -= 2;
+    }
+    size_t pl = strlen(colon + 1);
+    uint64_t p = 0;
+    if (hl == 0 || hl >= host_bytes || pl >= port_bytes ||
+        parse_u64(colon + 1, 1, 65535, &p) != 0)
+        return -1;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    memcpy(port, colon + 1, pl + 1);
+    return 0;
+}
+
+static int global_option(const struct command *c, struct global *g, int ch,
+                         const char *arg)
+{
+    char host[HOST_BYTES_MAX], port[PORT_BYTES_MAX];
+    uint64_t v = 0;
+    switch (ch) {
+    case OPT_ADDR:
+        if (g->seeds_count == INBOX_CLIENT_SEEDS_MAX)
+            return usage_error(c, "at most %u --addr values",
+                               INBOX_CLIENT_SEEDS_MAX);
+        if (strlen(arg) > INBOX_NODE_ADDR_BYTES_MAX ||
+            split_addr(arg, host, sizeof host, port, sizeof port) != 0)
+            return usage_error(c,
+                               "--addr wants HOST:PORT (IPv6 as [::1]:7420), "
+                               "not '%s'",
+                               arg);
+        g->seeds[g->seeds_count++] = arg;
+        return -1;
+    case OPT_CA:
+        g->ca = arg;
+        return -1;
+    case OPT_CERT:
+        g->cert = arg;
+        return -1;
+    case OPT_KEY:
+        g->key = arg;
+        return -1;
+    case OPT_TIMEOUT:
+        if (want_u64(c, "--timeout (ms)", arg, 1, INBOX_CLIENT_TIMEOUT_MS_MAX,
+                     &v) >= 0)
+            return EXIT_USAGE;
+        g->timeout_ms = (uint32_t)v;
+        return -1;
+    case OPT_JSON:
+        g->json = true;
+        return -1;
+    default:
+        return -2; /* not a global option */
+    }
+}
+
+/* Parses argv: the command's own options (handed to own_option) and the
+ * global ones. Returns -1 to go on with the positionals at
+ * argv[optind..argc), else the exit code (0 after --help, 2 on a wrong
+ * option). */
+static int parse_options(const struct command *c, int argc, char **argv,
+                         const struct option *own, size_t own_count,
+                         own_option_fn *own_option, void *ctx, struct global *g)
+{
+    struct option all[OPTIONS_MAX];
+    assert(own_count + GLOBAL_OPTIONS_COUNT < OPTIONS_MAX);
+    if (own_count > 0)
+        memcpy(all, own, own_count * sizeof *own);
+    memcpy(all + own_count, global_options, sizeof global_options);
+    memset(&all[own_count + GLOBAL_OPTIONS_COUNT], 0, sizeof all[0]);
+    memset(g, 0, sizeof *g);
+    g->ca = TLS_DIR_DEFAULT "/ca.crt";
+    g->cert = TLS_DIR_DEFAULT "/admin.crt";
+    g->key = TLS_DIR_DEFAULT "/admin.key";
+    g->timeout_ms = TIMEOUT_MS_DEFAULT;
+    int ch;
+    opterr = 0;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", all, NULL)) != -1) {
+        if (ch == 'h') {
+            print_usage(c, stdout);
+            return EXIT_OK;
+        }
+        if (ch == '?' || ch == ':')
+            return usage_error(c, "unknown or incomplete option '%s'",
+                               argv[optind - 1]);
+        int rc = global_option(c, g, ch, optarg);
+        if (rc == -2 && own_option != NULL)
+            rc = own_option(ctx, c, ch, optarg);
+        if (rc >= 0)
+            return rc;
+    }
+    if (g->seeds_count == 0)
+        g->seeds[g->seeds_count++] = SEED_DEFAULT;
+    return -1;
+}
+
+/* An inbox name from the command line: 1..128 bytes. */
+static int check_inbox(const struct command *c, const char *inbox)
+{
+    size_t n = strlen(inbox);
+    if (n >= INBOX_KEY_BYTES_MIN && n <= INBOX_KEY_BYTES_MAX)
+        return -1;
+    return usage_error(c, "an inbox name is %u-%u bytes, not %zu",
+                       INBOX_KEY_BYTES_MIN, INBOX_KEY_BYTES_MAX, n);
+}
+
+static int parse_msg_id(const char *s, uint8_t out[INBOX_MSG_ID_BYTES])
+{
+    if (strlen(s) != 2u * INBOX_MSG_ID_BYTES)
+        return -1;
+    for (size_t i = 0; i < INBOX_MSG_ID_BYTES; i++) {
+        unsigned v = 0;
+        for (size_t j = 0; j < 2; j++) {
+            char ch = s[2 * i + j];
+            unsigned d = ch >= '0' && ch <= '9'   ? (unsigned)(ch - '0')
+                         : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10)
+                         : ch >= 'A' && ch <= 'F' ? (unsigned)(ch - 'A' + 10)
+                                                  : 16u;
+            if (d == 16u)
+                return -1;
+            v = v * 16u + d;
+        }
+        out[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
+static void hex_encode(char *out, const uint8_t *p, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[p[i] >> 4];
+        out[2 * i + 1] = digits[p[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ms since the epoch as "2026-11-27T20:02:13.182Z"; 0 as "never". */
+static const char *fmt_time(char *buf, size_t buf_bytes, uint64_t ms)
+{
+    if (ms == 0) {
+        snprintf(buf, buf_bytes, "never");
+        return buf;
+    }
+    time_t secs = (time_t)(ms / 1000u);
+    struct tm tm;
+    if (gmtime_r(&secs, &tm) == NULL) {
+        snprintf(buf, buf_bytes, "%" PRIu64 "ms", ms);
+        return buf;
+    }
+    snprintf(buf, buf_bytes, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, (unsigned)(ms % 1000u));
+    return buf;
+}
+
+/* ---- JSON and payload text ----------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at p (n > 0 bytes left), or 0. */
+static size_t utf8_seq_len(const uint8_t *p, size_t n)
+{
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    uint8_t b = p[0];
+    size_t len;
+    uint32_t cp;
+    if (b < 0x80)
+        return 1;
+    if ((b & 0xE0) == 0xC0) {
+        len = 2;
+        cp = b & 0x1Fu;
+    } else if ((b & 0xF0) == 0xE0) {
+        len = 3;
+        cp = b & 0x0Fu;
+    } else if ((b & 0xF8) == 0xF0) {
+        len = 4;
+        cp = b & 0x07u;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3Fu);
+    }
+    if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+static bool utf8_valid(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t l = utf8_seq_len(p + i, n - i);
+        if (l == 0)
+            return false;
+        i += l;
+    }
+    return true;
+}
+
+/* Valid UTF-8 without control characters: shown as it is. */
+static bool printable(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] < 0x20 || p[i] == 0x7f)
+            return false;
+    return utf8_valid(p, n);
+}
+
+/* A JSON string: valid UTF-8 passes, control characters are escaped, and a
+ * byte that is not part of valid UTF-8 becomes \u00XX (so the output is
+ * always valid JSON; such bytes in an inbox name read back as Latin-1). */
+static void json_bytes(FILE *f, const void *ptr, size_t n)
+{
+    const uint8_t *p = ptr;
+    fputc('"', f);
+    for (size_t i = 0; i < n;) {
+        uint8_t b = p[i];
+        size_t l = utf8_seq_len(p + i, n - i);
+        if (b == '"' || b == '\\') {
+            fprintf(f, "\\%c", b);
+        } else if (b == '\n') {
+            fputs("\\n", f);
+        } else if (b == '\t') {
+            fputs("\\t", f);
+        } else if (b == '\r') {
+            fputs("\\r", f);
+        } else if (b < 0x20 || b == 0x7f || l == 0) {
+            fprintf(f, "\\u%04x", (unsigned)b);
+        } else {
+            fwrite(p + i, 1, l, f);
+            i += l;
+            continue;
+        }
+        i++;
+    }
+    fputc('"', f);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    json_bytes(f, s, strlen(s));
+}
+
+static void base64_write(FILE *f, const uint8_t *p, size_t n)
+{
+    static const char a[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    fputc('"', f);
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < n)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < n)
+            v |= p[i + 2];
+        fputc(a[(v >> 18) & 63], f);
+        fputc(a[(v >> 12) & 63], f);
+        fputc(i + 1 < n ? a[(v >> 6) & 63] : '=', f);
+        fputc(i + 2 < n ? a[v & 63] : '=', f);
+    }
+    fputc('"', f);
+}
+
+/* "payload": text or base64, and "payload_encoding" saying which. */
+static void json_payload(FILE *f, const uint8_t *p, size_t n)
+{
+    bool text = utf8_valid(p, n);
+    fputs("\"payload\":", f);
+    if (text)
+        json_bytes(f, p, n);
+    else
+        base64_write(f, p, n);
+    fprintf(f, ",\"payload_encoding\":\"%s\"", text ? "utf8" : "base64");
+}
+
+/* A payload for people: the text when printable, else "hex:..."; long ones
+ * are cut, with their size. */
+static void human_payload(FILE *f, const uint8_t *p, size_t n)
+{
+    size_t show;
+    if (printable(p, n)) {
+        show = n < PAYLOAD_SHOW_BYTES_MAX ? n : PAYLOAD_SHOW_BYTES_MAX;
+        while (show < n && show > 0 && (p[show] & 0xC0) == 0x80)
+            show--; /* do not cut a character in two */
+        fwrite(p, 1, show, f);
+    } else {
+        show = n < PAYLOAD_SHOW_HEX_BYTES_MAX ? n : PAYLOAD_SHOW_HEX_BYTES_MAX;
+        fputs("hex:", f);
+        for (size_t i = 0; i < show; i++)
+            fprintf(f, "%02x", p[i]);
+    }
+    if (show < n)
+        fprintf(f, "... (%zu bytes)", n);
+}
+
+/* ---- errors -------------------------------------------------------------- */
+
+static bool err_is_tls(int rc)
+{
+    return (rc <= INBOX_ETLS_HANDSHAKE && rc >= INBOX_ETLS_CONFIG) ||
+           rc == INBOX_EUNAUTHENTICATED || rc == INBOX_EPROTO_VERSION;
+}
+
+/* Negative errno stands for "could not connect" (from the probe). */
+static bool err_is_unreachable(int rc)
+{
+    return rc < 0 && rc > -1000;
+}
+
+static int exit_for(int rc)
+{
+    if (rc == 0)
+        return EXIT_OK;
+    return err_is_unreachable(rc) || err_is_tls(rc) ? EXIT_UNREACHABLE
+                                                    : EXIT_FAILED;
+}
+
+/* Prints a failure: "inboxctl: CMD: NAME: message" and the advice on
+ * stderr; with --json also {"error": NAME, ...} on stdout. Returns `code`. */
+static int report(const struct command *c, const struct global *g, int code,
+                  const char *name, const char *message, const char *advice)
+{
+    fprintf(stderr, "inboxctl: %s: %s: %s\n", c->name, name, message);
+    if (advice != NULL && advice[0] != '\0')
+        fprintf(stderr, "  %s\n", advice);
+    if (g != NULL && g->json) {
+        fputs("{\"error\":", stdout);
+        json_str(stdout, name);
+        fputs(",\"message\":", stdout);
+        json_str(stdout, message);
+        fputs(",\"advice\":", stdout);
+        json_str(stdout, advice ? advice : "");
+        fprintf(stdout, ",\"exit\":%d}\n", code);
+    }
+    return code;
+}
+
+/* ---- a session: one client, its calls, and the reachability probe -------- */
+
+struct session {
+    const struct command *cmd;
+    const struct global *g;
+    struct inbox_client *client;
+    char why[WHY_BYTES]; /* what inboxctl itself found (files, probe) */
+    bool file_missing;   /* a TLS file cannot be read */
+};
+
+/* A TCP connection to addr, bounded by timeout_ms: 0 when it is accepted,
+ * else -errno (-EHOSTUNREACH when the host does not resolve). */
+static int tcp_probe(const char *addr, int timeout_ms)
+{
+    char host[HOST_BYTES_MAX], port[PORT_BYTES_MAX];
+    if (split_addr(addr, host, sizeof host, port, sizeof port) != 0)
+        return -EINVAL;
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, port, &hints, &res) != 0)
+        return -EHOSTUNREACH;
+    int err = -ECONNREFUSED;
+    for (struct addrinfo *ai = res; ai != NULL && err != 0; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) {
+            err = -errno;
+            continue;
+        }
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0)
+            (void)fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            err = 0;
+        } else if (errno == EINPROGRESS) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            int n = poll(&pfd, 1, timeout_ms);
+            int soerr = 0;
+            socklen_t len = sizeof soerr;
+            if (n == 1 &&
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0)
+                err = soerr == 0 ? 0 : -soerr;
+            else
+                err = n == 0 ? -ETIMEDOUT : -errno;
+        } else {
+            err = -errno;
+        }
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return err;
+}
+
+/* 0 when some seed accepts a TCP connection; else the first seed's -errno,
+ * with every seed's failure in s->why. */
+static int seeds_probe(struct session *s)
+{
+    int first = 0;
+    size_t at = (size_t)snprintf(s->why, sizeof s->why, "cannot connect to");
+    for (size_t i = 0; i < s->g->seeds_count; i++) {
+        int timeout = s->g->timeout_ms < PROBE_CONNECT_MS_MAX
+                          ? (int)s->g->timeout_ms
+                          : PROBE_CONNECT_MS_MAX;
+        int rc = tcp_probe(s->g->seeds[i], timeout);
+        if (rc == 0) {
+            s->why[0] = '\0';
+            return 0;
+        }
+        if (first == 0)
+            first = rc;
+        if (at < sizeof s->why)
+            at += (size_t)snprintf(s->why + at, sizeof s->why - at, "%s %s: %s",
+                                   i == 0 ? "" : ",", s->g->seeds[i],
+                                   rc == -EHOSTUNREACH
+                                       ? "host unknown or unreachable"
+                                       : strerror(-rc));
+    }
+    return first;
+}
+
+static int check_file(struct session *s, const char *flag, const char *path)
+{
+    if (access(path, R_OK) == 0)
+        return 0;
+    s->file_missing = true;
+    snprintf(s->why, sizeof s->why, "cannot read %s %s: %s", flag, path,
+             strerror(errno));
+    return INBOX_ETLS_CONFIG;
+}
+
+/* Checks the TLS files and makes the client (it connects lazily). */
+static int session_open(struct session *s, const struct command *c,
+                        const struct global *g, inbox_client_notify_fn *notify,
+                        void *notify_arg)
+{
+    memset(s, 0, sizeof *s);
+    s->cmd = c;
+    s->g = g;
+    int rc = check_file(s, "--ca", g->ca);
+    if (rc == 0)
+        rc = check_file(s, "--cert", g->cert);
+    if (rc == 0)
+        rc = check_file(s, "--key", g->key);
+    if (rc != 0)
+        return rc;
+    struct inbox_client_config cfg = {
+        .seeds = g->seeds,
+        .seeds_count = g->seeds_count,
+        .ca_path = g->ca,
+        .cert_path = g->cert,
+        .key_path = g->key,
+        .client_name = "inboxctl/0.1",
+        .connect_timeout_ms = g->timeout_ms < CONNECT_TIMEOUT_MS_MAX
+                                  ? g->timeout_ms
+                                  : CONNECT_TIMEOUT_MS_MAX,
+        .notify = notify,
+        .notify_arg = notify_arg,
+    };
+    return inbox_client_new(&cfg, &s->client, s->why, sizeof s->why);
+}
+
+/* One round of I/O. With `probe`, once the client has met a failure,
+ * checks (at most once a second) that some seed still accepts TCP
+ * connections. Returns 0, or the probe's -errno. */
+static int session_step(struct session *s, uint64_t *probe_at_ms, bool probe)
+{
+    (void)inbox_client_poll(s->client, POLL_SLICE_MS);
+    if (!probe || inbox_client_last_error_message(s->client)[0] == '\0')
+        return 0;
+    uint64_t now = mono_ms();
+    if (now < *probe_at_ms)
+        return 0;
+    *probe_at_ms = now + PROBE_INTERVAL_MS;
+    return seeds_probe(s);
+}
+
+/* Runs the client until *done (a call's callback fired): bounded by the
+ * call's deadline, or cut short when no seed can be reached. */
+static int session_wait(struct session *s, const bool *done)
+{
+    uint64_t probe_at_ms = 0;
+    while (!*done) {
+        int rc = session_step(s, &probe_at_ms, true);
+        if (rc != 0 && !*done)
+            return rc;
+    }
+    return 0;
+}
+
+/* The headline of a failure: the code's text, then what the library or
+ * the server said, without saying the same thing twice (the library's
+ * messages repeat the code's text, and "OP: NAME: " before a server's). */
+static void compose(char *out, size_t cap, int rc, const char *detail)
+{
+    const char *text = inbox_strerror(rc);
+    char name_sep[64];
+    snprintf(name_sep, sizeof name_sep, ": %s: ", inbox_err_name(rc));
+    const char *p = strstr(detail, name_sep);
+    if (p != NULL)
+        detail = p + strlen(name_sep);
+    if (detail[0] == '\0' || strcmp(detail, text) == 0) {
+        snprintf(out, cap, "%s", text);
+        return;
+    }
+    if (strstr(detail, text) == NULL) {
+        snprintf(out, cap, "%s: %s", text, detail);
+        return;
+    }
+    size_t tl = strlen(text), o = 0;
+    for (const char *q = detail; *q != '\0' && o + 1 < cap;) {
+        if (strncmp(q, text, tl) == 0 && strncmp(q + tl, ": ", 2) == 0 &&
+            strncmp(q + tl + 2, text, tl) == 0) {
+            q += tl + 2;
+            continue;
+        }
+        out[o++] = *q++;
+    }
+    out[o] = '\0';
+}
+
+/* What a failure means, in words, and what to do about it. */
+static const char *explain(struct session *s, int rc, char *msg,
+                           size_t msg_bytes)
+{
+    const char *lib =
+        s->client ? inbox_client_last_error_message(s->client) : "";
+    const char *detail = s->why[0] ? s->why : lib;
+    const struct global *g = s->g;
+    char said[WHY_BYTES + 128];
+    compose(said, sizeof said, rc, detail);
+    snprintf(msg, msg_bytes, "%s", said);
+    if (err_is_unreachable(rc)) {
+        snprintf(msg, msg_bytes, "%s", s->why[0] ? s->why : strerror(-rc));
+        return "is inboxd running? start it with scripts/run.sh, or pass "
+               "--addr HOST:PORT of a running node";
+    }
+    switch (rc) {
+    case INBOX_ETLS_UNTRUSTED:
+        snprintf(msg, msg_bytes,
+                 "the server's certificate is not signed by --ca %s (%s)",
+                 g->ca, said);
+        return "pass the cluster's CA with --ca (inboxd writes it to "
+               "DATA/tls/ca.crt on its first start)";
+    case INBOX_ETLS_REFUSED:
+    case INBOX_EUNAUTHENTICATED:
+        snprintf(msg, msg_bytes,
+                 "the server refused this client's certificate --cert %s (%s)",
+                 g->cert, said);
+        return "use a certificate signed by the cluster's CA: inboxd's "
+               "DATA/tls/admin.crt, or one made with `inboxctl cert client`";
+    case INBOX_ETLS_HOSTNAME:
+        snprintf(msg, msg_bytes,
+                 "the server's certificate does not name the host dialled "
+                 "(%s)",
+                 said);
+        return "dial the node at an address its certificate names (inboxd's "
+               "own certificate names 127.0.0.1 and localhost)";
+    case INBOX_ETLS_EXPIRED:
+        return "check both clocks; reissue certificates with `inboxctl cert`";
+    case INBOX_ETLS_ROLE:
+        return "--addr must reach an inboxd node, and --cert be a frontend "
+               "or admin client certificate";
+    case INBOX_ETLS_HANDSHAKE:
+    case INBOX_ETLS_PLAINTEXT:
+    case INBOX_ETLS_RECORD:
+        return "is --addr inboxd's client port (default 7420), not /metrics "
+               "or another service?";
+    case INBOX_ETLS_CONFIG:
+        if (!s->file_missing)
+            return "--ca, --cert and --key must belong together: the "
+                   "certificate signed by that CA, the key its own (inboxd "
+                   "makes DATA/tls/ca.crt, admin.crt and admin.key)";
+        return "inboxd makes DATA/tls/{ca.crt,admin.crt,admin.key} on its "
+               "first start: run inboxctl in the directory holding "
+               "inboxd-data, or pass --ca, --cert and --key";
+    case INBOX_EPROTO_VERSION:
+        return "inboxctl and inboxd share no protocol version: upgrade the "
+               "older one";
+    case INBOX_EDENIED:
+        return "admin operations need an admin certificate: --cert/--key of "
+               "inboxd's DATA/tls/admin.crt, or one made with `inboxctl cert "
+               "client --role admin`";
+    case INBOX_EACK_BEYOND_LAST:
+        return "ack at most the inbox's last_seq (fetch shows it)";
+    case INBOX_EPAYLOAD_TOO_LARGE:
+        snprintf(msg, msg_bytes, "%s (the limit is %u bytes)", said,
+                 INBOX_PAYLOAD_BYTES_MAX);
+        return "split the payload, or store it elsewhere and enqueue a "
+               "reference";
+    case INBOX_ETIMEOUT:
+        return "the cluster did not answer within --timeout; the outcome is "
+               "unknown: retry (a write is safe to retry)";
+    case INBOX_EINBOX_FULL_MESSAGES:
+    case INBOX_EINBOX_FULL_BYTES:
+        return "the inbox is full: retry after its owner fetches and acks";
+    case INBOX_EBUSY:
+    case INBOX_ESHUTDOWN:
+        return "retry in a moment";
+    default:
+        return NULL;
+    }
+}
+
+/* Ends a session: on failure (a deadline is first checked against the
+ * probe: "timed out" because nothing listens is "cannot connect") prints
+ * the error, then frees the client. Returns the exit code. */
+static int session_end(struct session *s, int rc, const char *more_advice)
+{
+    int code = EXIT_OK;
+    if (rc == INBOX_ETIMEOUT) {
+        int p = seeds_probe(s);
+        if (p != 0)
+            rc = p;
+    }
+    if (rc != 0) {
+        char msg[WHY_BYTES + 512];
+        const char *advice = explain(s, rc, msg, sizeof msg);
+        char both[1024];
+        if (more_advice != NULL) {
+            snprintf(both, sizeof both, "%s%s%s", advice ? advice : "",
+                     advice ? "\n  " : "", more_advice);
+            advice = both;
+        }
+        code =
+            report(s->cmd, s->g, exit_for(rc),
+                   err_is_unreachable(rc) ? "UNREACHABLE" : inbox_err_name(rc),
+                   msg, advice);
+    }
+    inbox_client_free(s->client);
+    s->client = NULL;
+    return code;
+}
+
+/* ---- payloads from the command line, a file or stdin --------------------- */
+
+/* Reads the payload: `arg` itself, or the file `file` ("-": stdin). Holds
+ * at most the limit: a larger input is counted, not kept. Returns 0, or an
+ * exit code after reporting. */
+static int payload_load(const struct command *c, const struct global *g,
+                        const char *arg, const char *file, uint8_t **out,
+                        size_t *len_out)
+{
+    *out = NULL;
+    *len_out = 0;
+    size_t total = 0;
+    uint8_t *buf = malloc(INBOX_PAYLOAD_BYTES_MAX + 1u);
+    if (buf == NULL)
+        return report(c, g, EXIT_FAILED, "NOMEM", "out of memory", NULL);
+    if (file == NULL) {
+        total = strlen(arg);
+        memcpy(buf, arg,
+               total <= INBOX_PAYLOAD_BYTES_MAX ? total
+                                                : INBOX_PAYLOAD_BYTES_MAX);
+    } else {
+        bool in = strcmp(file, "-") == 0;
+        FILE *f = in ? stdin : fopen(file, "rb");
+        char msg[PATH_BYTES_MAX + 128];
+        if (f == NULL) {
+            snprintf(msg, sizeof msg, "cannot read --file %s: %s", file,
+                     strerror(errno));
+            free(buf);
+            return report(c, g, EXIT_FAILED, "IO", msg,
+                          "check the path and its permissions");
+        }
+        uint8_t sink[4096];
+        size_t n;
+        while (
+            (n = fread(total <= INBOX_PAYLOAD_BYTES_MAX ? buf + total : sink, 1,
+                       total <= INBOX_PAYLOAD_BYTES_MAX
+                           ? INBOX_PAYLOAD_BYTES_MAX + 1u - total
+                           : sizeof sink,
+                       f)) > 0)
+            total += n;
+        bool failed = ferror(f) != 0;
+        if (!in)
+            fclose(f);
+        if (failed) {
+            snprintf(msg, sizeof msg, "error reading %s", in ? "stdin" : file);
+            free(buf);
+            return report(c, g, EXIT_FAILED, "IO", msg, NULL);
+        }
+    }
+    if (total > INBOX_PAYLOAD_BYTES_MAX) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "the payload is %zu bytes; the limit is %u bytes (64 KiB)",
+                 total, INBOX_PAYLOAD_BYTES_MAX);
+        free(buf);
+        return report(c, g, EXIT_FAILED, "PAYLOAD_TOO_LARGE", msg,
+                      "split it, or store it elsewhere and enqueue a "
+                      "reference");
+    }
+    *out = buf;
+    *len_out = total;
+    return 0;
+}
+
+/* ---- call results -------------------------------------------------------- */
+
+/* The result of a call with scalar answers. */
+struct wait_one {
+    bool done;
+    int status;
+    uint64_t value; /* seq, acked seq, ts, epoch */
+    bool dedup;
+    uint32_t shard_count, nodes_count;
+    uint8_t msg_id[INBOX_MSG_ID_BYTES];
+};
+
+static void enqueue_done(void *arg, int status, uint64_t seq, bool dedup,
+                         const uint8_t *msg_id)
+{
+    struct wait_one *w = arg;
+    w->done = true;
+    w->status = status;
+    w->value = seq;
+    w->dedup = dedup;
+    if (msg_id != NULL)
+        memcpy(w->msg_id, msg_id, INBOX_MSG_ID_BYTES);
+}
+
+static void value_done(void *arg, int status, uint64_t value)
+{
+    struct wait_one *w = arg;
+    w->done = true;
+    w->status = status;
+    w->value = value;
+}
+
+static void route_done(void *arg, int status, uint64_t epoch,
+                       uint32_t shard_count, uint32_t nodes_count)
+{
+    struct wait_one *w = arg;
+    w->done = true;
+    w->status = status;
+    w->value = epoch;
+    w->shard_count = shard_count;
+    w->nodes_count = nodes_count;
+}
+
+/* The result of a multi-inbox call: one item per inbox, copied out. */
+struct wait_keys {
+    bool done;
+    int status;
+    size_t count;
+    struct inbox_client_key_item *items;         /* seen get, watch */
+    struct inbox_client_enqueue_item *enq_items; /* enqueue-many */
+};
+
+static void keys_done(void *arg, int status, size_t count,
+                      const struct inbox_client_key_item *items)
+{
+    struct wait_keys *w = arg;
+    w->done = true;
+    w->status = status;
+    if (items != NULL && w->items != NULL && count == w->count)
+        memcpy(w->items, items, count * sizeof *items);
+}
+
+static void enqueue_many_done(void *arg, int status, size_t count,
+                              const struct inbox_client_enqueue_item *items)
+{
+    struct wait_keys *w = arg;
+    w->done = true;
+    w->status = status;
+    if (items != NULL && w->enq_items != NULL && count == w->count)
+        memcpy(w->enq_items, items, count * sizeof *items);
+}
+
+/* ---- enqueue ------------------------------------------------------------- */
+
+enum { OWN_FILE = 'f', OWN_MSG_ID = 'm', OWN_TTL = 't', OWN_INBOX = 'i' };
+
+struct enqueue_args {
+    const char *file;
+    bool has_msg_id;
+    uint8_t msg_id[INBOX_MSG_ID_BYTES];
+    uint64_t ttl_ms;
+    const char **inboxes; /* enqueue-many */
+    size_t inboxes_count, inboxes_cap;
+};
+
+static int enqueue_option(void *ctx, const struct command *c, int ch,
+                          const char *arg)
+{
+    struct enqueue_args *a = ctx;
+    switch (ch) {
+    case OWN_FILE:
+        a->file = arg;
+        return -1;
+    case OWN_MSG_ID:
+        if (parse_msg_id(arg, a->msg_id) != 0)
+            return usage_error(c,
+                               "--msg-id wants %u hex digits (16 bytes), not "
+                               "'%s'",
+                               2u * INBOX_MSG_ID_BYTES, arg);
+        a->has_msg_id = true;
+        return -1;
+    case OWN_TTL:
+        if (parse_duration_ms(arg, &a->ttl_ms) != 0 || a->ttl_ms == 0 ||
+            a->ttl_ms > INBOX_TTL_MS_MAX)
+            return usage_error(c,
+                               "--ttl wants a duration from 1ms to 366d "
+                               "(e.g. 500ms, 30s, 5m, 2h, 7d), not '%s'",
+                               arg);
+        return -1;
+    case OWN_INBOX:
+        if (a->inboxes_count == a->inboxes_cap)
+            return usage_error(c, "at most %u --inbox values",
+                               INBOX_FANOUT_INBOXES_MAX);
+        if (check_inbox(c, arg) >= 0)
+            return EXIT_USAGE;
+        a->inboxes[a->inboxes_count++] = arg;
+        return -1;
+    default:
+        return usage_error(c, "unexpected option");
+    }
+}
+
+/* The payload from PAYLOAD, --file F, or "-" (stdin): exactly one. */
+static int payload_args(const struct command *c, const struct global *g,
+                        struct enqueue_args *a, int argc, char **argv,
+                        int first, uint8_t **payload, size_t *len)
+{
+    const char *arg = first < argc ? argv[first] : NULL;
+    if (first + 1 < argc)
+        return usage_error(c, "unexpected argument '%s'", argv[first + 1]);
+    if (arg != NULL && a->file != NULL)
+        return usage_error(c, "give the payload once: PAYLOAD, --file F or "
+                              "- (stdin)");
+    if (arg == NULL && a->file == NULL)
+        return usage_error(c, "no payload: give PAYLOAD, --file F or - "
+                              "(stdin); '' is an empty one");
+    const char *file = a->file;
+    if (arg != NULL && strcmp(arg, "-") == 0) {
+        file = "-";
+        arg = NULL;
+    }
+    return payload_load(c, g, arg, file, payload, len);
+}
+
+static int cmd_enqueue(int argc, char **argv)
+{
+    const struct command *c = find_command("enqueue", NULL);
+    static const struct option own[] = {
+        {"file", required_argument, 0, OWN_FILE},
+        {"msg-id", required_argument, 0, OWN_MSG_ID},
+        {"ttl", required_argument, 0, OWN_TTL},
+    };
+    struct enqueue_args a;
+    memset(&a, 0, sizeof a);
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 3, enqueue_option, &a, &g);
+    if (code >= 0)
+        return code;
+    if (optind >= argc)
+        return usage_error(c, "which inbox?");
+    const char *inbox = argv[optind];
+    if (check_inbox(c, inbox) >= 0)
+        return EXIT_USAGE;
+    uint8_t *payload = NULL;
+    size_t len = 0;
+    code = payload_args(c, &g, &a, argc, argv, optind + 1, &payload, &len);
+    if (code != 0)
+        return code;
+    /* Our own msg id when none was given, so that it can be shown (for a
+     * safe retry) whatever happens to the call. */
+    if (!a.has_msg_id &&
+        getrandom(a.msg_id, sizeof a.msg_id, 0) != (ssize_t)sizeof a.msg_id) {
+        free(payload);
+        return report(c, &g, EXIT_FAILED, "IO", "getrandom failed", NULL);
+    }
+
+    struct session s;
+    struct wait_one w;
+    memset(&w, 0, sizeof w);
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_enqueue(s.client, inbox, strlen(inbox),
+                                         a.msg_id, a.ttl_ms, payload, len,
+                                         g.timeout_ms, &w, enqueue_done);
+    free(payload);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    char hex[2 * INBOX_MSG_ID_BYTES + 1];
+    hex_encode(hex, a.msg_id, INBOX_MSG_ID_BYTES);
+    if (rc == 0 && g.json) {
+        fputs("{\"inbox\":", stdout);
+        json_str(stdout, inbox);
+        printf(",\"seq\":%" PRIu64 ",\"dedup\":%s,\"msg_id\":\"%s\"}\n",
+               w.value, w.dedup ? "true" : "false", hex);
+    } else if (rc == 0) {
+        printf("seq=%" PRIu64 " dedup=%s msg_id=%s%s\n", w.value,
+               w.dedup ? "true" : "false", hex,
+               w.dedup ? "  (this msg id was enqueued before: nothing new "
+                         "was stored)"
+                       : "");
+    }
+    char retry[128];
+    snprintf(retry, sizeof retry,
+             "to retry safely, pass the same msg id: --msg-id %s", hex);
+    /* Refusals of the request itself gain nothing from a retry. */
+    bool retry_helps = rc != 0 && rc != INBOX_EDENIED &&
+                       rc != INBOX_EPAYLOAD_TOO_LARGE &&
+                       rc != INBOX_EKEY_INVALID && rc != INBOX_EINVAL;
+    return session_end(&s, rc, retry_helps ? retry : NULL);
+}
+
+/* One line (or JSON object) per inbox; returns how many failed. */
+static size_t enqueue_many_print(const struct global *g, const char **inboxes,
+                                 const struct inbox_client_enqueue_item *items,
+                                 size_t n)
+{
+    size_t failed = 0;
+    if (g->json)
+        fputs("{\"results\":[", stdout);
+    for (size_t i = 0; i < n; i++) {
+        const struct inbox_client_enqueue_item *it = &items[i];
+        char hex[2 * INBOX_MSG_ID_BYTES + 1];
+        hex_encode(hex, it->msg_id, INBOX_MSG_ID_BYTES);
+        failed += it->status != 0;
+        if (g->json) {
+            fputs(i ? ",{\"inbox\":" : "{\"inbox\":", stdout);
+            json_str(stdout, inboxes[i]);
+            if (it->status == 0) {
+                printf(",\"seq\":%" PRIu64 ",\"dedup\":%s", it->seq,
+                       it->dedup ? "true" : "false");
+            } else {
+                printf(",\"error\":\"%s\",\"message\":",
+                       inbox_err_name(it->status));
+                json_str(stdout, inbox_strerror(it->status));
+            }
+            printf(",\"msg_id\":\"%s\"}", hex);
+        } else if (it->status == 0) {
+            printf("%s seq=%" PRIu64 " dedup=%s msg_id=%s\n", inboxes[i],
+                   it->seq, it->dedup ? "true" : "false", hex);
+        } else {
+            printf("%s error=%s msg_id=%s  (%s)\n", inboxes[i],
+                   inbox_err_name(it->status), hex, inbox_strerror(it->status));
+        }
+    }
+    if (g->json)
+        printf("],\"failed\":%zu}\n", failed);
+    return failed;
+}
+
+static int cmd_enqueue_many(int argc, char **argv)
+{
+    const struct command *c = find_command("enqueue-many", NULL);
+    static const struct option own[] = {
+        {"inbox", required_argument, 0, OWN_INBOX},
+        {"file", required_argument, 0, OWN_FILE},
+        {"ttl", required_argument, 0, OWN_TTL},
+    };
+    struct enqueue_args a;
+    memset(&a, 0, sizeof a);
+    a.inboxes_cap = (size_t)argc < INBOX_FANOUT_INBOXES_MAX
+                        ? (size_t)argc
+                        : INBOX_FANOUT_INBOXES_MAX;
+    a.inboxes = calloc(a.inboxes_cap + 1, sizeof *a.inboxes);
+    struct inbox_client_target *targets =
+        calloc(a.inboxes_cap + 1, sizeof *targets);
+    struct inbox_client_enqueue_item *items =
+        calloc(a.inboxes_cap + 1, sizeof *items);
+    uint8_t *payload = NULL;
+    size_t len = 0;
+    struct global g;
+    int code = EXIT_FAILED;
+    if (a.inboxes == NULL || targets == NULL || items == NULL) {
+        fprintf(stderr, "inboxctl: out of memory\n");
+        goto out;
+    }
+    code = parse_options(c, argc, argv, own, 3, enqueue_option, &a, &g);
+    if (code >= 0)
+        goto out;
+    code = EXIT_USAGE;
+    if (a.inboxes_count == 0) {
+        usage_error(c, "give at least one --inbox");
+        goto out;
+    }
+    code = payload_args(c, &g, &a, argc, argv, optind, &payload, &len);
+    if (code != 0)
+        goto out;
+    for (size_t i = 0; i < a.inboxes_count; i++)
+        targets[i] = (struct inbox_client_target){
+            .inbox = a.inboxes[i], .inbox_len = strlen(a.inboxes[i])};
+
+    struct session s;
+    struct wait_keys w = {.count = a.inboxes_count, .enq_items = items};
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_enqueue_many(
+            s.client, targets, a.inboxes_count, a.ttl_ms, payload, len,
+            g.timeout_ms, &w, enqueue_many_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0) {
+        size_t failed =
+            enqueue_many_print(&g, a.inboxes, items, a.inboxes_count);
+        if (failed > 0) {
+            /* Each failure is shown with its inbox (and in the JSON
+             * document already printed): say how many on stderr only. */
+            inbox_client_free(s.client);
+            fprintf(stderr,
+                    "inboxctl: enqueue-many: %zu of %zu inboxes failed\n"
+                    "  retry them with `inboxctl enqueue INBOX PAYLOAD "
+                    "--msg-id ID`, the msg id shown: each is stored once\n",
+                    failed, a.inboxes_count);
+            code = exit_for(w.status != 0 ? w.status : INBOX_EINTERNAL);
+            goto out;
+        }
+    }
+    code = session_end(&s, rc, NULL);
+out:
+    free(payload);
+    free(items);
+    free(targets);
+    free(a.inboxes);
+    return code;
+}
+
+/* ---- fetch --------------------------------------------------------------- */
+
+enum { OWN_AFTER = 'a', OWN_MAX = 'n', OWN_MAX_BYTES = 'b', OWN_WAIT = 'w' };
+
+struct fetch_args {
+    uint64_t after, max, max_bytes, wait_ms;
+};
+
+static int fetch_option(void *ctx, const struct command *c, int ch,
+                        const char *arg)
+{
+    struct fetch_args *a = ctx;
+    switch (ch) {
+    case OWN_AFTER:
+        return want_u64(c, "--after", arg, 0, UINT64_MAX, &a->after);
+    case OWN_MAX:
+        return want_u64(c, "--max", arg, 0, INBOX_FETCH_MESSAGES_MAX, &a->max);
+    case OWN_MAX_BYTES:
+        return want_u64(c, "--max-bytes", arg, 0, INBOX_FETCH_BYTES_MAX,
+                        &a->max_bytes);
+    case OWN_WAIT:
+        return want_u64(c, "--wait (ms)", arg, 0, INBOX_FETCH_WAIT_MS_MAX,
+                        &a->wait_ms);
+    default:
+        return usage_error(c, "unexpected option");
+    }
+}
+
+struct fetch_wait {
+    bool done;
+    int status;
+    bool json;
+    const char *inbox;
+    uint64_t after;
+};
+
+static void fetch_print_json(const struct fetch_wait *w,
+                             const struct inbox_client_fetch_result *r)
+{
+    fputs("{\"inbox\":", stdout);
+    json_str(stdout, w->inbox);
+    printf(",\"acked_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64
+           ",\"stale\":%s,\"messages\":[",
+           r->acked_seq, r->last_seq, r->stale ? "true" : "false");
+    for (size_t i = 0; i < r->count; i++) {
+        const struct inbox_client_message *m = &r->messages[i];
+        char hex[2 * INBOX_MSG_ID_BYTES + 1];
+        hex_encode(hex, m->msg_id, INBOX_MSG_ID_BYTES);
+        printf("%s{\"seq\":%" PRIu64
+               ",\"msg_id\":\"%s\",\"enqueue_ts_ms\":%" PRIu64 ",",
+               i ? "," : "", m->seq, hex, m->enqueue_ts_ms);
+        json_payload(stdout, m->payload, m->payload_len);
+        fputs("}", stdout);
+    }
+    fputs("]}\n", stdout);
+}
+
+static void fetch_print_human(const struct fetch_wait *w,
+                              const struct inbox_client_fetch_result *r)
+{
+    int seq_width = 3;
+    if (r->count > 0) {
+        char buf[24];
+        int n = snprintf(buf, sizeof buf, "%" PRIu64,
+                         r->messages[r->count - 1].seq);
+        seq_width = n > seq_width ? n : seq_width;
+    }
+    if (r->count > 0)
+        printf("%-*s  %-32s  %-24s  %s\n", seq_width, "SEQ", "MSG_ID",
+               "ENQUEUED", "PAYLOAD");
+    for (size_t i = 0; i < r->count; i++) {
+        const struct inbox_client_message *m = &r->messages[i];
+        char hex[2 * INBOX_MSG_ID_BYTES + 1], ts[TIME_TEXT_BYTES];
+        hex_encode(hex, m->msg_id, INBOX_MSG_ID_BYTES);
+        printf("%-*" PRIu64 "  %s  %-24s  ", seq_width, m->seq, hex,
+               fmt_time(ts, sizeof ts, m->enqueue_ts_ms));
+        human_payload(stdout, m->payload, m->payload_len);
+        fputc('\n', stdout);
+    }
+    uint64_t upto = r->count ? r->messages[r->count - 1].seq : w->after;
+    printf("messages=%zu acked_seq=%" PRIu64 " last_seq=%" PRIu64 "%s%s\n",
+           r->count, r->acked_seq, r->last_seq, r->stale ? " stale" : "",
+           r->last_seq > upto && r->count > 0 ? "  (more: fetch --after "
+                                                "the last seq shown)"
+                                              : "");
+}
+
+/* Printed here: the result's pointers live only during the callback. */
+static void fetch_done(void *arg, int status,
+                       const struct inbox_client_fetch_result *r)
+{
+    struct fetch_wait *w = arg;
+    w->done = true;
+    w->status = status;
+    if (status != 0 || r == NULL)
+        return;
+    if (w->json)
+        fetch_print_json(w, r);
+    else
+        fetch_print_human(w, r);
+}
+
+static int cmd_fetch(int argc, char **argv)
+{
+    const struct command *c = find_command("fetch", NULL);
+    static const struct option own[] = {
+        {"after", required_argument, 0, OWN_AFTER},
+        {"max", required_argument, 0, OWN_MAX},
+        {"max-bytes", required_argument, 0, OWN_MAX_BYTES},
+        {"wait", required_argument, 0, OWN_WAIT},
+    };
+    struct fetch_args a;
+    memset(&a, 0, sizeof a);
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 4, fetch_option, &a, &g);
+    if (code >= 0)
+        return code;
+    if (argc - optind != 1)
+        return usage_error(c, "give exactly one INBOX");
+    const char *inbox = argv[optind];
+    if (check_inbox(c, inbox) >= 0)
+        return EXIT_USAGE;
+    uint64_t timeout = g.timeout_ms + a.wait_ms;
+    if (timeout > INBOX_CLIENT_TIMEOUT_MS_MAX)
+        timeout = INBOX_CLIENT_TIMEOUT_MS_MAX;
+
+    struct session s;
+    struct fetch_wait w = {.json = g.json, .inbox = inbox, .after = a.after};
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_fetch(s.client, inbox, strlen(inbox), a.after,
+                                       (uint32_t)a.max, (uint32_t)a.max_bytes,
+                                       (uint32_t)a.wait_ms, 0,
+                                       (uint32_t)timeout, &w, fetch_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    return session_end(&s, rc, NULL);
+}
+
+/* ---- ack, seen ----------------------------------------------------------- */
+
+static int cmd_ack(int argc, char **argv)
+{
+    const struct command *c = find_command("ack", NULL);
+    struct global g;
+    int code = parse_options(c, argc, argv, NULL, 0, NULL, NULL, &g);
+    if (code >= 0)
+        return code;
+    if (argc - optind != 2)
+        return usage_error(c, "give INBOX and SEQ");
+    const char *inbox = argv[optind];
+    uint64_t seq = 0;
+    if (check_inbox(c, inbox) >= 0 ||
+        want_u64(c, "SEQ", argv[optind + 1], 0, UINT64_MAX, &seq) >= 0)
+        return EXIT_USAGE;
+
+    struct session s;
+    struct wait_one w;
+    memset(&w, 0, sizeof w);
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_ack(s.client, inbox, strlen(inbox), seq,
+                                     g.timeout_ms, &w, value_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    if (rc == 0 && g.json) {
+        fputs("{\"inbox\":", stdout);
+        json_str(stdout, inbox);
+        printf(",\"acked_seq\":%" PRIu64 "}\n", w.value);
+    } else if (rc == 0) {
+        printf("acked_seq=%" PRIu64 "\n", w.value);
+    }
+    return session_end(&s, rc, NULL);
+}
+
+static int cmd_seen_set(int argc, char **argv)
+{
+    const struct command *c = find_command("seen", "set");
+    struct global g;
+    int code = parse_options(c, argc, argv, NULL, 0, NULL, NULL, &g);
+    if (code >= 0)
+        return code;
+    if (argc - optind < 1 || argc - optind > 2)
+        return usage_error(c, "give INBOX and optionally TS_MS");
+    const char *inbox = argv[optind];
+    uint64_t ts = wall_ms();
+    if (check_inbox(c, inbox) >= 0)
+        return EXIT_USAGE;
+    if (argc - optind == 2 &&
+        want_u64(c, "TS_MS", argv[optind + 1], 0, UINT64_MAX, &ts) >= 0)
+        return EXIT_USAGE;
+
+    struct session s;
+    struct wait_one w;
+    memset(&w, 0, sizeof w);
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_seen_set(s.client, inbox, strlen(inbox), ts,
+                                          g.timeout_ms, &w, value_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    char t[TIME_TEXT_BYTES];
+    if (rc == 0 && g.json) {
+        fputs("{\"inbox\":", stdout);
+        json_str(stdout, inbox);
+        printf(",\"ts_ms\":%" PRIu64 ",\"requested_ts_ms\":%" PRIu64 "}\n",
+               w.value, ts);
+    } else if (rc == 0) {
+        printf("ts_ms=%" PRIu64 " (%s)%s\n", w.value,
+               fmt_time(t, sizeof t, w.value),
+               w.value > ts ? "  (kept: last-seen only moves forward)" : "");
+    }
+    return session_end(&s, rc, NULL);
+}
+
+/* The inboxes of a multi-inbox command (positionals), as keys. */
+static int keys_from_args(const struct command *c, int argc, char **argv,
+                          size_t max, struct inbox_client_key **keys_out,
+                          size_t *count_out)
+{
+    size_t n = (size_t)(argc - optind);
+    if (n == 0)
+        return usage_error(c, "give at least one INBOX");
+    if (n > max)
+        return usage_error(c, "at most %zu inboxes at once", max);
+    struct inbox_client_key *keys = calloc(n, sizeof *keys);
+    if (keys == NULL) {
+        fprintf(stderr, "inboxctl: out of memory\n");
+        return EXIT_FAILED;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *inbox = argv[optind + (int)i];
+        if (check_inbox(c, inbox) >= 0) {
+            free(keys);
+            return EXIT_USAGE;
+        }
+        keys[i] = (struct inbox_client_key){inbox, strlen(inbox)};
+    }
+    *keys_out = keys;
+    *count_out = n;
+    return -1;
+}
+
+static int cmd_seen_get(int argc, char **argv)
+{
+    const struct command *c = find_command("seen", "get");
+    struct global g;
+    int code = parse_options(c, argc, argv, NULL, 0, NULL, NULL, &g);
+    if (code >= 0)
+        return code;
+    struct inbox_client_key *keys = NULL;
+    size_t n = 0;
+    code = keys_from_args(c, argc, argv, INBOX_SEEN_GET_INBOXES_MAX, &keys, &n);
+    if (code >= 0)
+        return code;
+    struct inbox_client_key_item *items = calloc(n, sizeof *items);
+    if (items == NULL) {
+        free(keys);
+        return report(c, &g, EXIT_FAILED, "NOMEM", "out of memory", NULL);
+    }
+    struct session s;
+    struct wait_keys w = {.count = n, .items = items};
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_seen_get(s.client, keys, n, 0, g.timeout_ms,
+                                          &w, keys_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    size_t failed = 0;
+    if (rc == 0 && g.json)
+        fputs("{\"inboxes\":[", stdout);
+    else if (rc == 0)
+        printf("%-24s  %-14s  %s\n", "INBOX", "LAST_SEEN_MS", "LAST_SEEN");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const struct inbox_client_key_item *it = &items[i];
+        char t[TIME_TEXT_BYTES];
+        failed += it->status != 0;
+        if (g.json) {
+            fputs(i ? ",{\"inbox\":" : "{\"inbox\":", stdout);
+            json_bytes(stdout, keys[i].ptr, keys[i].len);
+            if (it->status == 0)
+                printf(",\"ts_ms\":%" PRIu64 "}", it->value);
+            else
+                printf(",\"error\":\"%s\",\"message\":\"%s\"}",
+                       inbox_err_name(it->status), inbox_strerror(it->status));
+        } else if (it->status == 0) {
+            printf("%-24s  %-14" PRIu64 "  %s\n", (const char *)keys[i].ptr,
+                   it->value, fmt_time(t, sizeof t, it->value));
+        } else {
+            printf("%-24s  error=%s (%s)\n", (const char *)keys[i].ptr,
+                   inbox_err_name(it->status), inbox_strerror(it->status));
+        }
+    }
+    if (rc == 0 && g.json)
+        fputs("]}\n", stdout);
+    if (rc == 0 && failed > 0)
+        rc = w.status != 0 ? w.status : INBOX_EINTERNAL;
+    code = session_end(&s, rc, NULL);
+    free(items);
+    free(keys);
+    return code;
+}
+
+/* ---- watch --------------------------------------------------------------- */
+
+enum { OWN_COUNT = 'c', OWN_SECONDS = 's' };
+
+struct watch_args {
+    uint64_t count, seconds;
+};
+
+static int watch_option(void *ctx, const struct command *c, int ch,
+                        const char *arg)
+{
+    struct watch_args *a = ctx;
+    if (ch == OWN_COUNT)
+        return want_u64(c, "--count", arg, 1, UINT64_MAX, &a->count);
+    if (ch == OWN_SECONDS)
+        return want_u64(c, "--seconds", arg, 1, 366u * 86400u, &a->seconds);
+    return usage_error(c, "unexpected option");
+}
+
+struct watch_state {
+    bool json;
+    uint64_t notified;
+    bool lost;
+    int lost_status;
+};
+
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static void watch_notify(void *arg, int status, const uint8_t *inbox,
+                         size_t inbox_len, uint64_t last_seq)
+{
+    struct watch_state *ws = arg;
+    if (status != 0) {
+        ws->lost = true;
+        ws->lost_status = status;
+        return;
+    }
+    ws->notified++;
+    if (ws->json) {
+        fputs("{\"event\":\"notify\",\"inbox\":", stdout);
+        json_bytes(stdout, inbox, inbox_len);
+        printf(",\"last_seq\":%" PRIu64 "}\n", last_seq);
+    } else {
+        printf("NOTIFY %.*s last_seq=%" PRIu64 "\n", (int)inbox_len,
+               (const char *)inbox, last_seq);
+    }
+    fflush(stdout);
+}
+
+/* Prints where each inbox stands; fails when one could not be watched. */
+static int watch_started(const struct global *g,
+                         const struct inbox_client_key *keys, size_t n,
+                         const struct wait_keys *w)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct inbox_client_key_item *it = &w->items[i];
+        if (it->status != 0)
+            return it->status;
+        if (g->json) {
+            fputs("{\"event\":\"watching\",\"inbox\":", stdout);
+            json_bytes(stdout, keys[i].ptr, keys[i].len);
+            printf(",\"last_seq\":%" PRIu64 "}\n", it->value);
+        } else {
+            printf("watching %s last_seq=%" PRIu64 "\n",
+                   (const char *)keys[i].ptr, it->value);
+        }
+    }
+    fflush(stdout);
+    return w->status;
+}
+
+/* Pushes until --count of them, --seconds, or SIGINT/SIGTERM. A lost
+ * connection drops the server's watches: watch again (that also says
+ * where each inbox stands, covering pushes missed meanwhile). */
+static int watch_loop(struct session *s, const struct watch_args *a,
+                      struct watch_state *ws, struct inbox_client_key *keys,
+                      size_t n, struct wait_keys *w)
+{
+    uint64_t end_ms = a->seconds ? mono_ms() + a->seconds * 1000u : UINT64_MAX;
+    uint64_t probe_at_ms = 0;
+    bool rewatching = false;
+    while (!interrupted && (a->count == 0 || ws->notified < a->count) &&
+           mono_ms() < end_ms) {
+        if (ws->lost && !rewatching) {
+            fprintf(stderr,
+                    "inboxctl: watch: connection lost (%s); "
+                    "watching again\n",
+                    inbox_strerror(ws->lost_status));
+            ws->lost = false;
+            w->done = false;
+            int rc = inbox_client_submit_watch(s->client, keys, n,
+                                               s->g->timeout_ms, w, keys_done);
+            if (rc != 0)
+                return rc;
+            rewatching = true;
+        }
+        int rc = session_step(s, &probe_at_ms, rewatching);
+        if (rc != 0)
+            return rc;
+        if (rewatching && w->done) {
+            rewatching = false;
+            rc = watch_started(s->g, keys, n, w);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    if (!interrupted && a->count != 0 && ws->notified < a->count) {
+        snprintf(s->why, sizeof s->why,
+                 "%" PRIu64 " of %" PRIu64 " notification(s) before --seconds "
+                 "%" PRIu64 " ran out",
+                 ws->notified, a->count, a->seconds);
+        return INBOX_ETIMEOUT;
+    }
+    return 0;
+}
+
+static int cmd_watch(int argc, char **argv)
+{
+    const struct command *c = find_command("watch", NULL);
+    static const struct option own[] = {
+        {"count", required_argument, 0, OWN_COUNT},
+        {"seconds", required_argument, 0, OWN_SECONDS},
+    };
+    struct watch_args a;
+    memset(&a, 0, sizeof a);
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 2, watch_option, &a, &g);
+    if (code >= 0)
+        return code;
+    struct inbox_client_key *keys = NULL;
+    size_t n = 0;
+    code = keys_from_args(c, argc, argv, INBOX_WATCH_INBOXES_MAX, &keys, &n);
+    if (code >= 0)
+        return code;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    struct inbox_client_key_item *items = calloc(n, sizeof *items);
+    struct watch_state ws = {.json = g.json};
+    struct wait_keys w = {.count = n, .items = items};
+    struct session s;
+    int rc = session_open(&s, c, &g, watch_notify, &ws);
+    if (rc == 0 && items == NULL)
+        rc = INBOX_ENOMEM;
+    if (rc == 0)
+        rc = inbox_client_submit_watch(s.client, keys, n, g.timeout_ms, &w,
+                                       keys_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = watch_started(&g, keys, n, &w);
+    if (rc == 0)
+        rc = watch_loop(&s, &a, &ws, keys, n, &w);
+    /* A timed-out watch was bounded by --seconds: no need to probe. */
+    if (rc == INBOX_ETIMEOUT && s.why[0] != '\0') {
+        const char *advice = "nothing was enqueued to the watched inboxes in "
+                             "time";
+        code = report(c, &g, EXIT_FAILED, "TIMEOUT", s.why, advice);
+        inbox_client_free(s.client);
+    } else {
+        code = session_end(&s, rc, NULL);
+    }
+    free(items);
+    free(keys);
+    return code;
+}
+
+/* ---- status, route, snapshot --------------------------------------------- */
+
+enum { OWN_NODE = 'N', OWN_SHARDS = 'S', OWN_SHARD = 'H' };
+
+struct node_args {
+    uint64_t node_id;
+    bool all_shards;
+    uint64_t shard;
+};
+
+static int node_option(void *ctx, const struct command *c, int ch,
+                       const char *arg)
+{
+    struct node_args *a = ctx;
+    switch (ch) {
+    case OWN_NODE:
+        return want_u64(c, "--node", arg, 0, UINT64_MAX, &a->node_id);
+    case OWN_SHARDS:
+        a->all_shards = true;
+        return -1;
+    case OWN_SHARD:
+        return want_u64(c, "--shard", arg, 0, INBOX_SHARD_COUNT_MAX - 1u,
+                        &a->shard);
+    default:
+        return usage_error(c, "unexpected option");
+    }
+}
+
+static const char *role_name(uint8_t role)
+{
+    static const char *const names[] = {"follower", "candidate", "leader",
+                                        "learner"};
+    return role < 4 ? names[role] : "unknown";
+}
+
+static void fmt_duration(char *buf, size_t buf_bytes, uint64_t ms)
+{
+    uint64_t s = ms / 1000u;
+    if (s < 60)
+        snprintf(buf, buf_bytes, "%" PRIu64 ".%03" PRIu64 "s", s, ms % 1000u);
+    else if (s < 3600)
+        snprintf(buf, buf_bytes, "%" PRIu64 "m%02" PRIu64 "s", s / 60, s % 60);
+    else
+        snprintf(buf, buf_bytes, "%" PRIu64 "h%02" PRIu64 "m%02" PRIu64 "s",
+                 s / 3600, s / 60 % 60, s % 60);
+}
+
+struct status_wait {
+    bool done;
+    int status;
+    bool json, all_shards;
+};
+
+static void status_print_json(const struct inbox_client_status *r)
+{
+    printf("{\"node_id\":%" PRIu64 ",\"uptime_ms\":%" PRIu64
+           ",\"shard_count\":%zu,\"shards\":[",
+           r->node_id, r->uptime_ms, r->count);
+    for (size_t i = 0; i < r->count; i++) {
+        const struct inbox_client_shard_status *sh = &r->shards[i];
+        printf("%s{\"shard\":%" PRIu32 ",\"role\":\"%s\",\"leader_id\":%" PRIu64
+               ",\"term\":%" PRIu64 ",\"applied_index\":%" PRIu64 "}",
+               i ? "," : "", sh->shard, role_name(sh->role), sh->leader_id,
+               sh->term, sh->applied_index);
+    }
+    fputs("]}\n", stdout);
+}
+
+/* Many shards: one line per role with the ranges of term and applied. */
+static void status_print_summary(const struct inbox_client_status *r)
+{
+    printf("%-10s  %6s  %-15s  %s\n", "ROLE", "SHARDS", "TERMS", "APPLIED");
+    size_t known = 0;
+    for (uint8_t role = 0; role <= 4; role++) {
+        size_t n = 0;
+        uint64_t tmin = UINT64_MAX, tmax = 0, amin = UINT64_MAX, amax = 0;
+        for (size_t i = 0; i < r->count; i++) {
+            const struct inbox_client_shard_status *sh = &r->shards[i];
+            uint8_t rl = sh->role < 4 ? sh->role : 4;
+            if (rl != role)
+                continue;
+            n++;
+            tmin = sh->term < tmin ? sh->term : tmin;
+            tmax = sh->term > tmax ? sh->term : tmax;
+            amin = sh->applied_index < amin ? sh->applied_index : amin;
+            amax = sh->applied_index > amax ? sh->applied_index : amax;
+        }
+        if (n == 0)
+            continue;
+        char terms[48], applied[48];
+        snprintf(terms, sizeof terms, "%" PRIu64 "..%" PRIu64, tmin, tmax);
+        snprintf(applied, sizeof applied, "%" PRIu64 "..%" PRIu64, amin, amax);
+        printf("%-10s  %6zu  %-15s  %s\n", role_name(role), n, terms, applied);
+    }
+    for (size_t i = 0; i < r->count; i++)
+        known += r->shards[i].leader_id != 0;
+    printf("leader known for %zu of %zu shards; `inboxctl status --shards` "
+           "lists each\n",
+           known, r->count);
+}
+
+static void status_done(void *arg, int status,
+                        const struct inbox_client_status *r)
+{
+    struct status_wait *w = arg;
+    w->done = true;
+    w->status = status;
+    if (status != 0 || r == NULL)
+        return;
+    if (w->json) {
+        status_print_json(r);
+        return;
+    }
+    char up[48];
+    fmt_duration(up, sizeof up, r->uptime_ms);
+    printf("node %" PRIu64 "  up %s  %zu shard(s) here\n", r->node_id, up,
+           r->count);
+    if (!w->all_shards && r->count > STATUS_LIST_SHARDS_MAX) {
+        status_print_summary(r);
+        return;
+    }
+    printf("%-6s  %-10s  %-8s  %-8s  %s\n", "SHARD", "ROLE", "LEADER", "TERM",
+           "APPLIED");
+    for (size_t i = 0; i < r->count; i++) {
+        const struct inbox_client_shard_status *sh = &r->shards[i];
+        printf("%-6" PRIu32 "  %-10s  %-8" PRIu64 "  %-8" PRIu64 "  %" PRIu64
+               "\n",
+               sh->shard, role_name(sh->role), sh->leader_id, sh->term,
+               sh->applied_index);
+    }
+}
+
+static int cmd_status(int argc, char **argv)
+{
+    const struct command *c = find_command("status", NULL);
+    static const struct option own[] = {
+        {"node", required_argument, 0, OWN_NODE},
+        {"shards", no_argument, 0, OWN_SHARDS},
+    };
+    struct node_args a;
+    memset(&a, 0, sizeof a);
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 2, node_option, &a, &g);
+    if (code >= 0)
+        return code;
+    if (optind < argc)
+        return usage_error(c, "unexpected argument '%s'", argv[optind]);
+    struct session s;
+    struct status_wait w = {.json = g.json, .all_shards = a.all_shards};
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_status(s.client, a.node_id, g.timeout_ms, &w,
+                                        status_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    return session_end(&s, rc, NULL);
+}
+
+/* Shards per leader node, for route's summary. */
+struct leader_count {
+    uint64_t node_id;
+    uint32_t shards;
+};
+
+static void route_print(const struct global *g, const struct wait_one *w,
+                        const struct inbox_client *client, char **inboxes,
+                        size_t inboxes_count)
+{
+    uint32_t n = inbox_client_shard_count(client);
+    if (g->json) {
+        printf("{\"epoch\":%" PRIu64 ",\"shard_count\":%" PRIu32
+               ",\"nodes_count\":%" PRIu32 ",\"leaders\":[",
+               w->value, n, w->nodes_count);
+        for (uint32_t i = 0; i < n; i++)
+            printf("%s%" PRIu64, i ? "," : "",
+                   inbox_client_shard_leader(client, i));
+        fputs("],\"inboxes\":[", stdout);
+    } else {
+        printf("epoch=%" PRIu64 " shards=%" PRIu32 " nodes=%" PRIu32 "\n",
+               w->value, n, w->nodes_count);
+        struct leader_count counts[INBOX_ROUTE_NODES_MAX + 1];
+        size_t kinds = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t id = inbox_client_shard_leader(client, i);
+            size_t k = 0;
+            while (k < kinds && counts[k].node_id != id)
+                k++;
+            if (k == kinds && kinds < sizeof counts / sizeof counts[0])
+                counts[kinds++] = (struct leader_count){id, 0};
+            if (k < kinds)
+                counts[k].shards++;
+        }
+        for (size_t k = 0; k < kinds; k++) {
+            if (counts[k].node_id == 0)
+                printf("no known leader: %" PRIu32 " shard(s) (election in "
+                       "progress?)\n",
+                       counts[k].shards);
+            else
+                printf("node %" PRIu64 " leads %" PRIu32 " shard(s)\n",
+                       counts[k].node_id, counts[k].shards);
+        }
+    }
+    for (size_t i = 0; i < inboxes_count; i++) {
+        uint32_t shard =
+            n ? inbox_shard_of(inboxes[i], strlen(inboxes[i]), n) : 0;
+        uint64_t leader = inbox_client_shard_leader(client, shard);
+        if (g->json) {
+            fputs(i ? ",{\"inbox\":" : "{\"inbox\":", stdout);
+            json_str(stdout, inboxes[i]);
+            printf(",\"shard\":%" PRIu32 ",\"leader_id\":%" PRIu64 "}", shard,
+                   leader);
+        } else {
+            printf("%s shard=%" PRIu32 " leader=%" PRIu64 "\n", inboxes[i],
+                   shard, leader);
+        }
+    }
+    if (g->json)
+        fputs("]}\n", stdout);
+}
+
+static int cmd_route(int argc, char **argv)
+{
+    const struct command *c = find_command("route", NULL);
+    struct global g;
+    int code = parse_options(c, argc, argv, NULL, 0, NULL, NULL, &g);
+    if (code >= 0)
+        return code;
+    for (int i = optind; i < argc; i++)
+        if (check_inbox(c, argv[i]) >= 0)
+            return EXIT_USAGE;
+    struct session s;
+    struct wait_one w;
+    memset(&w, 0, sizeof w);
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_route(s.client, g.timeout_ms, &w, route_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    if (rc == 0)
+        route_print(&g, &w, s.client, argv + optind, (size_t)(argc - optind));
+    return session_end(&s, rc, NULL);
+}
+
+static int cmd_snapshot(int argc, char **argv)
+{
+    const struct command *c = find_command("snapshot", NULL);
+    static const struct option own[] = {
+        {"node", required_argument, 0, OWN_NODE},
+        {"shard", required_argument, 0, OWN_SHARD},
+    };
+    struct node_args a = {.shard = INBOX_CLIENT_SHARD_ALL};
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 2, node_option, &a, &g);
+    if (code >= 0)
+        return code;
+    if (optind < argc)
+        return usage_error(c, "unexpected argument '%s'", argv[optind]);
+    struct session s;
+    struct wait_one w;
+    memset(&w, 0, sizeof w);
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc =
+            inbox_client_submit_snapshot(s.client, a.node_id, (uint32_t)a.shard,
+                                         g.timeout_ms, &w, value_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    if (rc == 0 && g.json)
+        printf("{\"epoch\":%" PRIu64 "}\n", w.value);
+    else if (rc == 0)
+        printf("snapshot taken: epoch=%" PRIu64 "\n", w.value);
+    return session_end(&s, rc, NULL);
+}
+
+/* ---- table and dispatch -------------------------------------------------- */
 
 static const struct command commands[] = {
     {"cert ca", "create the cluster CA",
@@ -285,18 +2259,109 @@ static const struct command commands[] = {
      "  Creates DIR/ca.crt and DIR/ca.key (default DIR ./inboxd-data/tls).\n"
      "  --days N   validity (default 3650)\n"
      "  --force    replace an existing CA (invalidates every certificate)\n",
-     cmd_cert_ca},
+     cmd_cert_ca, false},
     {"cert node", "issue a node certificate",
      "usage: inboxctl cert node --name NAME --host HOST [--host HOST ...]\n"
      "                          [--dir DIR] [--days N] [--force]\n"
      "  Creates DIR/NAME.crt and DIR/NAME.key signed by DIR/ca.*.\n"
      "  --host     an address or DNS name the node is reached at\n",
-     cmd_cert_node},
+     cmd_cert_node, false},
     {"cert client", "issue a client certificate (frontend or admin)",
      "usage: inboxctl cert client --name NAME --role frontend|admin\n"
      "                            [--dir DIR] [--days N] [--force]\n"
      "  frontend: data operations; admin: data and admin operations.\n",
-     cmd_cert_client},
+     cmd_cert_client, false},
+    {"enqueue", "put a message into an inbox",
+     "usage: inboxctl enqueue INBOX [PAYLOAD | - | --file F] [--msg-id HEX32]\n"
+     "                        [--ttl DURATION]\n"
+     "  The payload (0-65536 bytes) is PAYLOAD, the contents of F, or stdin\n"
+     "  ('-' or --file -); '' is an empty payload.\n"
+     "  --msg-id HEX32  the message's id, 32 hex digits (default: random).\n"
+     "                  The same id again in the same inbox is stored once:\n"
+     "                  the answer is then the first seq, with dedup=true.\n"
+     "  --ttl DURATION  lifetime: 500ms, 30s, 5m, 2h, 7d (default: the\n"
+     "                  server's, 30d)\n"
+     "  Prints seq=N dedup=true|false msg_id=HEX; on failure the msg id to\n"
+     "  retry with. --json: {\"inbox\",\"seq\",\"dedup\",\"msg_id\"}.\n",
+     cmd_enqueue, true},
+    {"enqueue-many", "put one message into many inboxes",
+     "usage: inboxctl enqueue-many --inbox A [--inbox B ...]\n"
+     "                             [PAYLOAD | - | --file F] [--ttl DURATION]\n"
+     "  One payload into up to 1024 inboxes, each with its own random msg\n"
+     "  id. Prints one line per inbox: INBOX seq=N dedup=.. msg_id=HEX, or\n"
+     "  INBOX error=NAME msg_id=HEX (exit 1 when any inbox failed).\n"
+     "  --json: {\"results\":[{\"inbox\",\"seq\",\"dedup\",\"msg_id\"} or\n"
+     "  {\"inbox\",\"error\",\"message\",\"msg_id\"}],\"failed\":N}.\n",
+     cmd_enqueue_many, true},
+    {"fetch", "read the messages of an inbox",
+     "usage: inboxctl fetch INBOX [--after SEQ] [--max N] [--max-bytes B]\n"
+     "                      [--wait MS]\n"
+     "  Messages with seq > SEQ (default 0), at most N (1-1024; 0: the\n"
+     "  server's cap) and about B payload bytes (the first message always\n"
+     "  comes). --wait MS: when there is none yet, wait up to MS (at most\n"
+     "  60000) for one to arrive.\n"
+     "  Prints a table SEQ, MSG_ID, ENQUEUED (UTC), PAYLOAD (text when\n"
+     "  printable UTF-8, else hex:...; long ones cut), then\n"
+     "  messages=N acked_seq=A last_seq=L.\n"
+     "  --json: {\"inbox\",\"acked_seq\",\"last_seq\",\"stale\",\"messages\":\n"
+     "  [{\"seq\",\"msg_id\",\"enqueue_ts_ms\",\"payload\",\n"
+     "  \"payload_encoding\"}]}: payload_encoding is \"utf8\" when the\n"
+     "  payload is valid UTF-8 and payload the (JSON-escaped) text, else\n"
+     "  \"base64\" and payload its standard base64 (with padding).\n",
+     cmd_fetch, true},
+    {"ack", "delete an inbox's messages up to a seq",
+     "usage: inboxctl ack INBOX SEQ\n"
+     "  Every message with seq <= SEQ is delivered and deleted. Acking\n"
+     "  below the acked seq is a no-op; past the last seq fails with\n"
+     "  ACK_BEYOND_LAST. Prints acked_seq=N (--json: {\"inbox\",\n"
+     "  \"acked_seq\"}).\n",
+     cmd_ack, true},
+    {"seen set", "record an inbox's last-seen time",
+     "usage: inboxctl seen set INBOX [TS_MS]\n"
+     "  TS_MS: milliseconds since the epoch (default: now). The stored\n"
+     "  value only moves forward: the answer is max(previous, TS_MS).\n"
+     "  Prints ts_ms=N (UTC time) (--json: {\"inbox\",\"ts_ms\",\n"
+     "  \"requested_ts_ms\"}).\n",
+     cmd_seen_set, true},
+    {"seen get", "read inboxes' last-seen times",
+     "usage: inboxctl seen get INBOX [INBOX ...]\n"
+     "  Prints INBOX, LAST_SEEN_MS (0: never), LAST_SEEN (UTC) per inbox.\n"
+     "  --json: {\"inboxes\":[{\"inbox\",\"ts_ms\"} or {\"inbox\",\"error\",\n"
+     "  \"message\"}]}.\n",
+     cmd_seen_get, true},
+    {"watch", "print pushes as messages arrive in inboxes",
+     "usage: inboxctl watch INBOX [INBOX ...] [--count N] [--seconds S]\n"
+     "  Prints 'watching INBOX last_seq=N' for each inbox, then a line\n"
+     "  'NOTIFY INBOX last_seq=N' per push as it arrives (pushes may be\n"
+     "  coalesced). Stops after N pushes, after S seconds, or on\n"
+     "  SIGINT/SIGTERM (exit 0); with --count and --seconds, fewer than N\n"
+     "  pushes in S seconds is exit 1 (TIMEOUT). A lost connection is\n"
+     "  watched again. --json: one object per line, {\"event\":\"watching\"\n"
+     "  or \"notify\",\"inbox\",\"last_seq\"}.\n",
+     cmd_watch, true},
+    {"status", "a node's shards: role, leader, term, applied",
+     "usage: inboxctl status [--node ID] [--shards]\n"
+     "  Node id, uptime, and per shard hosted there its role, leader,\n"
+     "  term and applied index: a table up to 16 shards, else a summary\n"
+     "  per role (--shards: every shard). --node ID: ask that node (default:\n"
+     "  any). --json: {\"node_id\",\"uptime_ms\",\"shard_count\",\"shards\":\n"
+     "  [{\"shard\",\"role\",\"leader_id\",\"term\",\"applied_index\"}]}.\n",
+     cmd_status, true},
+    {"route", "the shard map: epoch, leaders, where inboxes live",
+     "usage: inboxctl route [INBOX ...]\n"
+     "  Prints the placement epoch, shard and node counts, how many shards\n"
+     "  each node leads, and for each INBOX its shard and leader.\n"
+     "  --json: {\"epoch\",\"shard_count\",\"nodes_count\",\"leaders\":[id "
+     "per\n"
+     "  shard, 0 "
+     "unknown],\"inboxes\":[{\"inbox\",\"shard\",\"leader_id\"}]}.\n",
+     cmd_route, true},
+    {"snapshot", "checkpoint a node's shards (admin)",
+     "usage: inboxctl snapshot [--node ID] [--shard N]\n"
+     "  Asks node ID (default: any) to snapshot shard N (default: every\n"
+     "  shard it hosts). Needs an admin certificate, else DENIED.\n"
+     "  Prints snapshot taken: epoch=N (--json: {\"epoch\"}).\n",
+     cmd_snapshot, true},
 };
 
 #define COMMANDS_COUNT (sizeof commands / sizeof commands[0])
@@ -318,35 +2383,92 @@ static void print_help(FILE *f)
                "--help for each)\n\ncommands:\n");
     for (size_t i = 0; i < COMMANDS_COUNT; i++)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\nexit codes: 0 ok, 1 operation failed, 2 usage error, "
-               "3 cluster unreachable\n");
+    fputs(global_usage, f);
+}
+
+/* How many argv entries a global option at argv[i] takes (1 or 2), or 0
+ * when argv[i] is not one. */
+static int global_option_width(const char *arg)
+{
+    if (strncmp(arg, "--", 2) != 0)
+        return 0;
+    for (size_t i = 0; i < GLOBAL_OPTIONS_COUNT; i++) {
+        const struct option *o = &global_options[i];
+        size_t n = strlen(o->name);
+        if (o->val == 'h' || strncmp(arg + 2, o->name, n) != 0)
+            continue;
+        if (arg[2 + n] == '=')
+            return 1;
+        if (arg[2 + n] == '\0')
+            return o->has_arg == required_argument ? 2 : 1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 ||
-        strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
-        print_help(argc < 2 ? stderr : stdout);
-        return argc < 2 ? EXIT_USAGE : EXIT_OK;
+    /* Global options may come before the command: skip them here and hand
+     * them to the command after its name. */
+    int first = 1;
+    while (first < argc) {
+        int w = global_option_width(argv[first]);
+        if (w == 0)
+            break;
+        first += w;
+    }
+    if (first > argc)
+        first = argc;
+    if (first >= argc || strcmp(argv[first], "--help") == 0 ||
+        strcmp(argv[first], "-h") == 0 || strcmp(argv[first], "help") == 0) {
+        print_help(first >= argc ? stderr : stdout);
+        return first >= argc ? EXIT_USAGE : EXIT_OK;
     }
     /* Two-word commands first ("cert ca"), then one-word ones. */
     const struct command *c = NULL;
-    int shift = 0;
-    if (argc >= 3 && argv[2][0] != '-') {
-        c = find_command(argv[1], argv[2]);
-        shift = 2;
+    int words = 0;
+    if (first + 1 < argc && argv[first + 1][0] != '-') {
+        c = find_command(argv[first], argv[first + 1]);
+        words = 2;
     }
     if (c == NULL) {
-        c = find_command(argv[1], NULL);
-        shift = 1;
+        c = find_command(argv[first], NULL);
+        words = 1;
     }
     if (c == NULL) {
-        fprintf(stderr, "inboxctl: unknown command '%s%s%s'\n\n", argv[1],
-                argc >= 3 && argv[2][0] != '-' ? " " : "",
-                argc >= 3 && argv[2][0] != '-' ? argv[2] : "");
+        size_t wl = strlen(argv[first]);
+        for (size_t i = 0; i < COMMANDS_COUNT; i++)
+            if (strncmp(commands[i].name, argv[first], wl) == 0 &&
+                commands[i].name[wl] == ' ') {
+                fprintf(stderr,
+                        "inboxctl: '%s' needs a subcommand:", argv[first]);
+                for (size_t j = i; j < COMMANDS_COUNT; j++)
+                    if (strncmp(commands[j].name, argv[first], wl) == 0 &&
+                        commands[j].name[wl] == ' ')
+                        fprintf(stderr, " '%s'", commands[j].name);
+                fprintf(stderr, " (each has --help)\n");
+                return EXIT_USAGE;
+            }
+        bool two = first + 1 < argc && argv[first + 1][0] != '-';
+        fprintf(stderr, "inboxctl: unknown command '%s%s%s'\n\n", argv[first],
+                two ? " " : "", two ? argv[first + 1] : "");
         print_help(stderr);
         return EXIT_USAGE;
     }
-    /* getopt sees the command's own argv: argv[0] is its last word. */
-    return c->run(argc - shift, argv + shift);
+    /* The command's argv: its last word (getopt's argv[0]), the global
+     * options that came first, then the rest. */
+    char **args = calloc((size_t)argc + 1, sizeof *args);
+    if (args == NULL) {
+        fprintf(stderr, "inboxctl: out of memory\n");
+        return EXIT_FAILED;
+    }
+    int n = 0;
+    args[n++] = argv[first + words - 1];
+    for (int i = 1; i < first; i++)
+        args[n++] = argv[i];
+    for (int i = first + words; i < argc; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    int code = c->run(n, args);
+    free(args);
+    return code;
 }
