@@ -58,7 +58,9 @@ static const struct opt opts[] = {
     NUM("store", "map_bytes", OPT_SIZE, store_map_bytes, 16u * INBOX_MIB,
         UINT64_C(1) << 44, "64GiB", "LMDB map size (address space, not disk)"),
     NUM("store", "checkpoint_interval", OPT_DURATION, store_checkpoint_ms, 10,
-        3600u * 1000u, "1s", "how often the store commits a checkpoint"),
+        3600u * 1000u, "5s",
+        "how often the store commits a checkpoint (longer: less disk "
+        "traffic, longer replay after a crash)"),
     NUM("store", "inbox_pending_messages_max", OPT_U64,
         inbox_pending_messages_max, 1, INBOX_PENDING_MESSAGES_DEFAULT,
         "100000", "pending messages one inbox may hold"),

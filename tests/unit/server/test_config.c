@@ -43,7 +43,7 @@ static void test_defaults_are_usable(void **state)
     assert_string_equal(c.data_dir, "./inboxd-data");
     assert_int_equal(c.shard_count, 64);
     assert_int_equal(c.wal_segment_bytes, 64u << 20);
-    assert_int_equal(c.store_checkpoint_ms, 1000);
+    assert_int_equal(c.store_checkpoint_ms, 5000);
     assert_true(c.dedup_window_ms == UINT64_C(24) * 3600 * 1000);
     assert_int_equal(config_validate(&c, err, sizeof err), 0);
 }
