@@ -142,6 +142,10 @@ struct transport_conn {
     size_t out_plain_bytes;
     size_t write_bytes;
     uint32_t inflight; /* invariant 2 */
+    /* On the transport's flush list (answers applied in one async round
+     * are flushed once per connection, after the round). */
+    bool flush_queued;
+    struct transport_conn *flush_next;
 };
 
 /* ---- metrics tables ---------------------------------------------------------
@@ -222,6 +226,11 @@ struct transport {
     struct transport_metrics m;
     struct metrics_desc descs[DESCS_MAX];
     size_t descs_count;
+    /* Loop thread: set while async_cb applies a round of answers; frames
+     * queued meanwhile are flushed once per connection at the end, so a
+     * burst of answers becomes one TLS record and one write, not one each. */
+    bool batching;
+    struct transport_conn *flush_list;
 };
 
 /* Set while the loop thread runs the node's on_request: an answer given
@@ -377,6 +386,17 @@ static bool conn_may_dispatch(const struct transport_conn *c)
 /* ---- output
  * ------------------------------------------------------------------ */
 
+/* Put c on the round's flush list (it holds a reference until flushed). */
+static void conn_defer_flush(struct transport_conn *c)
+{
+    if (c->flush_queued)
+        return;
+    c->flush_queued = true;
+    transport_conn_ref(c);
+    c->flush_next = c->t->flush_list;
+    c->t->flush_list = c;
+}
+
 static void conn_queue_frame(struct transport_conn *c, struct frame_buf *f)
 {
     assert(c->state != CONN_CLOSED);
@@ -387,7 +407,10 @@ static void conn_queue_frame(struct transport_conn *c, struct frame_buf *f)
         c->out_head = f;
     c->out_tail = f;
     c->out_plain_bytes += f->len;
-    conn_flush(c);
+    if (c->t->batching)
+        conn_defer_flush(c);
+    else
+        conn_flush(c);
 }
 
 /* Encodes and queues a frame made on the loop thread. */
@@ -472,11 +495,27 @@ static void conn_flush(struct transport_conn *c)
 {
     if (c->state == CONN_CLOSED || c->tls == NULL)
         return;
+    /* Small frames are gathered into one TLS record (up to a record's
+     * plaintext), so a burst of answers costs one record, not one each. */
+    uint8_t gather[INBOX_TLS_RECORD_PLAINTEXT_BYTES_MAX];
     while (c->out_head != NULL) {
         struct frame_buf *f = c->out_head;
+        const uint8_t *src = f->data + f->off;
+        size_t len = f->len - f->off;
+        if (f->next != NULL && len < sizeof gather) {
+            len = 0;
+            for (struct frame_buf *g = f; g != NULL && len < sizeof gather;
+                 g = g->next) {
+                size_t n = g->len - g->off;
+                if (n > sizeof gather - len)
+                    n = sizeof gather - len;
+                memcpy(gather + len, g->data + g->off, n);
+                len += n;
+            }
+            src = gather;
+        }
         size_t took = 0;
-        int rc = tls_conn_write_plain(c->tls, f->data + f->off, f->len - f->off,
-                                      &took);
+        int rc = tls_conn_write_plain(c->tls, src, len, &took);
         if (rc != 0) {
             log_warn("net", "tls write failed", "conn=%" PRIu64 " err=%s",
                      c->id, inbox_err_name(rc));
@@ -485,13 +524,20 @@ static void conn_flush(struct transport_conn *c)
         }
         if (took == 0)
             break;
-        f->off += took;
         c->out_plain_bytes -= took;
-        if (f->off == f->len) {
-            c->out_head = f->next;
-            if (c->out_head == NULL)
-                c->out_tail = NULL;
-            free(f);
+        while (took > 0) { /* consume across the frames gathered */
+            f = c->out_head;
+            size_t n = f->len - f->off;
+            if (n > took)
+                n = took;
+            f->off += n;
+            took -= n;
+            if (f->off == f->len) {
+                c->out_head = f->next;
+                if (c->out_head == NULL)
+                    c->out_tail = NULL;
+                free(f);
+            }
         }
     }
     if (conn_drain_ready_for_close_notify(c)) {
@@ -1088,8 +1134,12 @@ static void xitem_apply(struct transport *t, struct xitem *x)
                 conn_close(c, "out of memory"); /* an answer was lost */
         }
         if (c->state != CONN_CLOSED) {
-            conn_flush(c);
-            conn_maybe_resume(c);
+            if (t->batching) {
+                conn_defer_flush(c); /* flushed and resumed after the round */
+            } else {
+                conn_flush(c);
+                conn_maybe_resume(c);
+            }
         }
     } else {
         free(x);
@@ -1312,10 +1362,22 @@ static void stop_begin(struct transport *t)
 static void async_cb(uv_async_t *a)
 {
     struct transport *t = a->data;
+    t->batching = true;
     for (struct xitem *x = xq_take(t); x != NULL;) {
         struct xitem *next = x->next;
         xitem_apply(t, x);
         x = next;
+    }
+    t->batching = false;
+    while (t->flush_list != NULL) {
+        struct transport_conn *c = t->flush_list;
+        t->flush_list = c->flush_next;
+        c->flush_queued = false;
+        if (c->state != CONN_CLOSED) {
+            conn_flush(c);
+            conn_maybe_resume(c);
+        }
+        transport_conn_unref(c);
     }
     if (atomic_load(&t->stop_requested) && !t->stopping)
         stop_begin(t);
