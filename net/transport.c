@@ -94,6 +94,7 @@ struct xitem {
 struct transport_req {
     struct xitem x; /* first: the queue node */
     uint64_t request_id;
+    uint64_t start_us; /* dispatched to the node (monotonic) */
     uint8_t opcode;
     atomic_bool answered;
 };
@@ -195,10 +196,12 @@ struct transport_metrics {
     struct metrics_counter bytes_out;
     struct metrics_gauge open;
     struct metrics_counter requests[OP_ROWS_COUNT + 1]; /* last: unknown */
+    /* dispatch to the node -> answer handed back, by opcode (seconds) */
+    struct metrics_histogram latency[OP_ROWS_COUNT + 1];
     struct metrics_counter errors[ERR_ROWS_COUNT + 1];  /* last: other */
 };
 
-#define DESCS_MAX (10u + OP_ROWS_COUNT + 1u + ERR_ROWS_COUNT + 1u)
+#define DESCS_MAX (10u + 2u * (OP_ROWS_COUNT + 1u) + ERR_ROWS_COUNT + 1u)
 
 struct transport {
     uv_loop_t *loop;
@@ -245,12 +248,22 @@ static void stop_maybe_finish(struct transport *t);
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static void count_request(struct transport *t, uint8_t op)
+static size_t op_row(uint8_t op)
 {
     size_t i = 0;
     while (i < OP_ROWS_COUNT && op_rows[i].op != op)
         i++;
-    metrics_counter_add(&t->m.requests[i], 1);
+    return i;
+}
+
+static void count_request(struct transport *t, uint8_t op)
+{
+    metrics_counter_add(&t->m.requests[op_row(op)], 1);
+}
+
+static uint64_t mono_us(void)
+{
+    return uv_hrtime() / 1000u;
 }
 
 static void count_error(struct transport *t, int code)
@@ -744,6 +757,7 @@ static void conn_dispatch(struct transport_conn *c, const struct inbox_msg *m)
     req->x.is_req = true;
     req->request_id = m->hdr.request_id;
     req->opcode = m->hdr.opcode;
+    req->start_us = mono_us();
     conn_ref(c);
     c->inflight++;
     atomic_fetch_add(&t->reqs_live, 1);
@@ -1194,6 +1208,8 @@ static void respond_frame(struct transport_req *req, struct frame_buf *f)
     assert(!already && "a request answered twice");
     (void)already;
     struct transport_conn *c = req->x.conn;
+    metrics_histogram_record(&c->t->m.latency[op_row(req->opcode)],
+                             mono_us() - req->start_us);
     req->x.frame = f;
     xq_submit(c->t, &req->x);
 }
@@ -1437,6 +1453,14 @@ static void descs_build(struct transport *t)
              METRICS_COUNTER,
              i < OP_ROWS_COUNT ? op_rows[i].label : "op=\"unknown\"",
              &t->m.requests[i]);
+    for (size_t i = 0; i <= OP_ROWS_COUNT; i++) {
+        DESC("inbox_transport_request_seconds",
+             "time from a request's dispatch to its answer, by opcode",
+             METRICS_HISTOGRAM,
+             i < OP_ROWS_COUNT ? op_rows[i].label : "op=\"unknown\"",
+             &t->m.latency[i]);
+        d[n - 1].scale = 1e-6;
+    }
     for (size_t i = 0; i <= ERR_ROWS_COUNT; i++)
         DESC("inbox_transport_errors_total", "ERROR frames sent by code",
              METRICS_COUNTER,
