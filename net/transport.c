@@ -198,7 +198,7 @@ struct transport_metrics {
     struct metrics_counter requests[OP_ROWS_COUNT + 1]; /* last: unknown */
     /* dispatch to the node -> answer handed back, by opcode (seconds) */
     struct metrics_histogram latency[OP_ROWS_COUNT + 1];
-    struct metrics_counter errors[ERR_ROWS_COUNT + 1];  /* last: other */
+    struct metrics_counter errors[ERR_ROWS_COUNT + 1]; /* last: other */
 };
 
 #define DESCS_MAX (10u + 2u * (OP_ROWS_COUNT + 1u) + ERR_ROWS_COUNT + 1u)

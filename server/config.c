@@ -29,10 +29,14 @@ struct opt {
 };
 
 #define STR(sec, nm, field, def, help)                                         \
-    {sec, nm, OPT_STRING, offsetof(struct config, field),                      \
-     sizeof(((struct config *)0)->field), 0, 0, def, help}
+    {                                                                          \
+        sec, nm, OPT_STRING, offsetof(struct config, field),                   \
+            sizeof(((struct config *)0)->field), 0, 0, def, help               \
+    }
 #define NUM(sec, nm, type, field, lo, hi, def, help)                           \
-    {sec, nm, type, offsetof(struct config, field), 0, lo, hi, def, help}
+    {                                                                          \
+        sec, nm, type, offsetof(struct config, field), 0, lo, hi, def, help    \
+    }
 
 static const struct opt opts[] = {
     STR("node", "data_dir", data_dir, "./inboxd-data",
@@ -46,9 +50,12 @@ static const struct opt opts[] = {
     STR("node", "log_level", log_level, "info", "debug, info, warn or error"),
     STR("node", "advertise", advertise, "",
         "host:port clients are told to reach this node at (default: listen)"),
-    STR("tls", "ca", tls_ca, "", "cluster CA certificate (default: DATA/tls/ca.crt)"),
-    STR("tls", "cert", tls_cert, "", "this node's certificate (default: DATA/tls/node.crt)"),
-    STR("tls", "key", tls_key, "", "this node's private key (default: DATA/tls/node.key)"),
+    STR("tls", "ca", tls_ca, "",
+        "cluster CA certificate (default: DATA/tls/ca.crt)"),
+    STR("tls", "cert", tls_cert, "",
+        "this node's certificate (default: DATA/tls/node.crt)"),
+    STR("tls", "key", tls_key, "",
+        "this node's private key (default: DATA/tls/node.key)"),
     NUM("cluster", "shard_count", OPT_U64, shard_count, 1,
         INBOX_SHARD_COUNT_MAX, "64",
         "shards of the inbox key space (fixed at cluster creation)"),
@@ -62,8 +69,8 @@ static const struct opt opts[] = {
         "how often the store commits a checkpoint (longer: less disk "
         "traffic, longer replay after a crash)"),
     NUM("store", "inbox_pending_messages_max", OPT_U64,
-        inbox_pending_messages_max, 1, INBOX_PENDING_MESSAGES_DEFAULT,
-        "100000", "pending messages one inbox may hold"),
+        inbox_pending_messages_max, 1, INBOX_PENDING_MESSAGES_DEFAULT, "100000",
+        "pending messages one inbox may hold"),
     NUM("store", "inbox_pending_bytes_max", OPT_SIZE, inbox_pending_bytes_max,
         INBOX_PAYLOAD_BYTES_MAX, INBOX_PENDING_BYTES_DEFAULT, "64MiB",
         "pending payload bytes one inbox may hold"),
@@ -147,7 +154,7 @@ int config_parse_size(const char *s, uint64_t *out)
 int config_parse_duration_ms(const char *s, uint64_t *out)
 {
     static const struct unit units[] = {
-        {"ms", 1},         {"s", 1000},         {"m", 60 * 1000},
+        {"ms", 1},          {"s", 1000},         {"m", 60 * 1000},
         {"h", 3600 * 1000}, {"d", 86400 * 1000},
     };
     return parse_with_units(s, units, sizeof units / sizeof units[0], out);
@@ -172,8 +179,8 @@ static int opt_set(const struct opt *o, struct config *c, const char *value,
     uint64_t v = 0;
     int rc = o->type == OPT_DURATION ? config_parse_duration_ms(value, &v)
                                      : config_parse_size(value, &v);
-    if (rc != 0 || (o->type == OPT_U64 && strspn(value, "0123456789") !=
-                                              strlen(value))) {
+    if (rc != 0 ||
+        (o->type == OPT_U64 && strspn(value, "0123456789") != strlen(value))) {
         seterr(err, err_bytes, "%s.%s: '%s' is not a %s", o->section, o->name,
                value,
                o->type == OPT_DURATION ? "duration (e.g. 500ms, 2s, 1m)"
@@ -259,8 +266,9 @@ int config_load_file(struct config *c, const char *path, char *err,
     if (st.failed) {
         seterr(err, err_bytes, "%s:%d: %s", path, line, why);
     } else {
-        seterr(err, err_bytes, "%s:%d: syntax error (expected [section] or "
-                               "name = value)",
+        seterr(err, err_bytes,
+               "%s:%d: syntax error (expected [section] or "
+               "name = value)",
                path, line);
     }
     return INBOX_EINVAL;
@@ -352,8 +360,8 @@ int config_parse_args(struct config *c, int argc, char **argv, bool *help,
 
 int config_validate(const struct config *c, char *err, size_t err_bytes)
 {
-    int set = (c->tls_ca[0] != 0) + (c->tls_cert[0] != 0) +
-              (c->tls_key[0] != 0);
+    int set =
+        (c->tls_ca[0] != 0) + (c->tls_cert[0] != 0) + (c->tls_key[0] != 0);
     if (set != 0 && set != 3) {
         seterr(err, err_bytes,
                "tls.ca, tls.cert and tls.key go together: set all three or "
@@ -365,8 +373,7 @@ int config_validate(const struct config *c, char *err, size_t err_bytes)
         return INBOX_EINVAL;
     }
     if (strchr(c->listen, ':') == NULL) {
-        seterr(err, err_bytes, "node.listen '%s' must be host:port",
-               c->listen);
+        seterr(err, err_bytes, "node.listen '%s' must be host:port", c->listen);
         return INBOX_EINVAL;
     }
     if (strcmp(c->log_level, "debug") != 0 &&
@@ -398,8 +405,8 @@ size_t config_usage(char *buf, size_t buf_bytes, const char *argv0)
                 *p = '-';
         char *at = need < buf_bytes ? buf + need : NULL;
         size_t room = need < buf_bytes ? buf_bytes - need : 0;
-        n = snprintf(at, room, "  %-40s %s (default: %s)\n", flag,
-                     opts[i].help, opts[i].def[0] ? opts[i].def : "none");
+        n = snprintf(at, room, "  %-40s %s (default: %s)\n", flag, opts[i].help,
+                     opts[i].def[0] ? opts[i].def : "none");
         need += (size_t)(n > 0 ? n : 0);
     }
     return need;

@@ -26,10 +26,12 @@ struct config {
     /* [node] */
     char data_dir[CONFIG_STRING_BYTES_MAX];
     uint64_t node_id;
-    char listen[CONFIG_STRING_BYTES_MAX];  /* host:port for clients */
-    char metrics[CONFIG_STRING_BYTES_MAX]; /* host:port for /metrics, "" = off */
-    char log_level[16];                    /* debug, info, warn, error */
-    char advertise[CONFIG_STRING_BYTES_MAX]; /* host:port for ROUTE; "" = listen */
+    char listen[CONFIG_STRING_BYTES_MAX]; /* host:port for clients */
+    char
+        metrics[CONFIG_STRING_BYTES_MAX]; /* host:port for /metrics, "" = off */
+    char log_level[16];                   /* debug, info, warn, error */
+    char advertise[CONFIG_STRING_BYTES_MAX]; /* host:port for ROUTE; "" = listen
+                                              */
     /* [tls] */
     char tls_ca[CONFIG_STRING_BYTES_MAX];
     char tls_cert[CONFIG_STRING_BYTES_MAX];

@@ -70,13 +70,13 @@ void log_emit(enum log_level level, const char *comp, const char *msg,
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char qmsg[256];
-    int n = snprintf(line, sizeof line,
-                     "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s comp=%s "
-                     "msg=%s",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-                     level_names[level], comp,
-                     log_quote(qmsg, sizeof qmsg, msg));
+    int n =
+        snprintf(line, sizeof line,
+                 "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s comp=%s "
+                 "msg=%s",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                 tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, level_names[level],
+                 comp, log_quote(qmsg, sizeof qmsg, msg));
     size_t len = n > 0 ? (size_t)n : 0;
     if (len > sizeof line - 2)
         len = sizeof line - 2;
@@ -94,7 +94,7 @@ void log_emit(enum log_level level, const char *comp, const char *msg,
     line[len++] = '\n';
     /* One write per line; a short write to a log is not worth a retry loop
      * that could block the caller. */
-    ssize_t w = write(atomic_load_explicit(&out_fd, memory_order_relaxed),
-                      line, len);
+    ssize_t w =
+        write(atomic_load_explicit(&out_fd, memory_order_relaxed), line, len);
     (void)w;
 }

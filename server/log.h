@@ -1,7 +1,8 @@
 /*
  * log.h — structured logs, one logfmt line per event:
  *
- *   ts=2026-11-27T19:13:57.123Z level=info comp=wal msg="segment sealed" file=000042.wal
+ *   ts=2026-11-27T19:13:57.123Z level=info comp=wal msg="segment sealed"
+ * file=000042.wal
  *
  * Fields after msg are given as a printf-style "key=value key2=value2" tail,
  * so call sites stay one line. Values with spaces must be quoted by the

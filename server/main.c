@@ -183,7 +183,8 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_timer_start(&d->stop_poll, stop_poll_cb, 20, 20);
 }
 
-/* ---- main ------------------------------------------------------------------ */
+/* ---- main ------------------------------------------------------------------
+ */
 
 static int load_config(struct config *c, int argc, char **argv)
 {
@@ -240,10 +241,8 @@ static int start_listeners(struct inboxd *d, const char *host, uint16_t port)
     uint16_t mport;
     if (split_addr(d->cfg.metrics, mhost, sizeof mhost, &mport) != 0)
         return INBOX_EINVAL;
-    struct http_metrics_config hc = {.host = mhost,
-                                     .port = mport,
-                                     .render = render_metrics,
-                                     .arg = d};
+    struct http_metrics_config hc = {
+        .host = mhost, .port = mport, .render = render_metrics, .arg = d};
     rc = http_metrics_new(&d->loop, &hc, &d->http);
     if (rc != 0)
         log_error("server", "cannot serve /metrics", "addr=%s err=%s",
@@ -276,11 +275,11 @@ int main(int argc, char **argv)
         return 1;
 
     uv_loop_init(&d.loop);
-    struct serve_options so = {
-        .loop = &d.loop,
-        .node_id = d.cfg.node_id,
-        .advertise = d.cfg.advertise[0] ? d.cfg.advertise : d.cfg.listen,
-        .default_ttl_ms = d.cfg.default_ttl_ms};
+    struct serve_options so = {.loop = &d.loop,
+                               .node_id = d.cfg.node_id,
+                               .advertise = d.cfg.advertise[0] ? d.cfg.advertise
+                                                               : d.cfg.listen,
+                               .default_ttl_ms = d.cfg.default_ttl_ms};
     if (serve_new(&so, &d.serve) != 0)
         return 1;
 

@@ -528,8 +528,7 @@ int main(int argc, char **argv)
     uint64_t t0 = now_ns();
     uint64_t deadline = t0 + (uint64_t)(B.o.seconds * 1e9);
     for (uint32_t w = 0; w < B.o.writers; w++)
-        pthread_create(&B.writers[w].thread, NULL, writer_main,
-                       &B.writers[w]);
+        pthread_create(&B.writers[w].thread, NULL, writer_main, &B.writers[w]);
     struct apply_stats as = {0};
     apply_loop(st, &as, deadline);
     for (uint32_t w = 0; w < B.o.writers; w++)
@@ -564,9 +563,9 @@ int main(int argc, char **argv)
            " checkpoints, %.1f ms each\n",
            as.applied ? (double)as.apply_ns / (double)as.applied : 0.0,
            as.checkpoints,
-           as.checkpoints ? (double)as.checkpoint_ns / 1e6 /
-                                (double)as.checkpoints
-                          : 0.0);
+           as.checkpoints
+               ? (double)as.checkpoint_ns / 1e6 / (double)as.checkpoints
+               : 0.0);
     printf("write amplification: %.2f (disk bytes written %.1f MB: wal %.1f "
            "MB, store+other %.1f MB; payload %.1f MB)\n",
            payload_bytes > 0 ? (double)(wb1 - wb0) / payload_bytes : 0.0,

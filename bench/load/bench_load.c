@@ -60,11 +60,11 @@
 #define ACK_RING_SLOTS 4096u   /* recent enqueues a thread may ack */
 #define ERR_KINDS_MAX 8u       /* distinct error codes kept per thread */
 #define ERRMSG_BYTES 256u
-#define POLL_BLOCK_MS 100     /* one client per thread: poll(2) bound */
+#define POLL_BLOCK_MS 100            /* one client per thread: poll(2) bound */
 #define DRAIN_GRACE_NS 2000000000ull /* past the last deadline, give up */
 
-_Static_assert(ACK_RING_SLOTS > 0 && (ACK_RING_SLOTS & (ACK_RING_SLOTS - 1)) ==
-                                         0,
+_Static_assert(ACK_RING_SLOTS > 0 &&
+                   (ACK_RING_SLOTS & (ACK_RING_SLOTS - 1)) == 0,
                "the ack ring is indexed with a mask");
 _Static_assert(INFLIGHT_MAX <= INBOX_CLIENT_INFLIGHT_MAX,
                "a connection's pipeline fits the client's in-flight bound");
@@ -147,7 +147,8 @@ static uint64_t hist_quantile(const struct hist *h, double q)
     return h->max_ns;
 }
 
-/* ---- state ----------------------------------------------------------------- */
+/* ---- state -----------------------------------------------------------------
+ */
 
 enum op { OP_ENQUEUE, OP_FETCH, OP_ACK, OP_COUNT };
 static const char *const op_names[OP_COUNT] = {"enqueue", "fetch", "ack"};
@@ -204,7 +205,7 @@ struct worker {
     uint64_t rng;
     struct conn *conns;
     uint32_t conns_count;
-    bool submitting; /* until the time or count budget is spent */
+    bool submitting;   /* until the time or count budget is spent */
     struct hist *hist; /* OP_COUNT of them */
     uint64_t ok[OP_COUNT], failed[OP_COUNT];
     uint64_t fetched_messages;
@@ -248,7 +249,8 @@ static uint64_t xorshift(uint64_t *s)
     return *s = x;
 }
 
-/* ---- errors ---------------------------------------------------------------- */
+/* ---- errors ----------------------------------------------------------------
+ */
 
 static void err_note(struct worker *w, int code, const struct inbox_client *c)
 {
@@ -265,7 +267,8 @@ static void err_note(struct worker *w, int code, const struct inbox_client *c)
     w->errs_other++;
 }
 
-/* ---- calls ----------------------------------------------------------------- */
+/* ---- calls -----------------------------------------------------------------
+ */
 
 static void conn_fill(struct conn *cn);
 
@@ -391,7 +394,8 @@ static void conn_fill(struct conn *cn)
     }
 }
 
-/* ---- threads --------------------------------------------------------------- */
+/* ---- threads ---------------------------------------------------------------
+ */
 
 static uint32_t worker_inflight(const struct worker *w)
 {
@@ -445,9 +449,8 @@ static void *worker_main(void *arg)
     if (G.abort)
         return NULL;
     w->submitting = true;
-    uint64_t give_up_ns = G.deadline_ns +
-                          (uint64_t)G.o.timeout_ms * 1000000u +
-                          DRAIN_GRACE_NS;
+    uint64_t give_up_ns =
+        G.deadline_ns + (uint64_t)G.o.timeout_ms * 1000000u + DRAIN_GRACE_NS;
     for (;;) {
         for (uint32_t i = 0; i < w->conns_count; i++)
             conn_fill(&w->conns[i]);
@@ -461,7 +464,8 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* ---- set-up ---------------------------------------------------------------- */
+/* ---- set-up ----------------------------------------------------------------
+ */
 
 static void usage(int code)
 {
@@ -661,7 +665,8 @@ static void setup_clients(void)
     }
 }
 
-/* ---- report ------------------------------------------------------------------ */
+/* ---- report
+ * ------------------------------------------------------------------ */
 
 static void print_machine(void)
 {
@@ -839,15 +844,13 @@ int main(int argc, char **argv)
     printf("config: server=%s connections=%u threads=%u inflight=%u "
            "inboxes=%u payload=%uB mix=enqueue:%u,fetch:%u,ack:%u "
            "fetch_max=%u seconds=%.1f count=%" PRIu64 " timeout_ms=%u\n",
-           G.o.server, G.o.connections, G.o.threads, G.o.inflight,
-           G.o.inboxes, G.o.payload, 100u - G.o.fetch_pct - G.o.ack_pct,
-           G.o.fetch_pct, G.o.ack_pct, G.o.fetch_max, G.o.seconds, G.o.count,
-           G.o.timeout_ms);
+           G.o.server, G.o.connections, G.o.threads, G.o.inflight, G.o.inboxes,
+           G.o.payload, 100u - G.o.fetch_pct - G.o.ack_pct, G.o.fetch_pct,
+           G.o.ack_pct, G.o.fetch_max, G.o.seconds, G.o.count, G.o.timeout_ms);
     print_loadavg("before");
     if (setup_rc != 0) {
-        fprintf(stderr, "bench_load: cannot reach %s: %s (%s) %s\n",
-                G.o.server, inbox_strerror(setup_rc),
-                inbox_err_name(setup_rc), setup_msg);
+        fprintf(stderr, "bench_load: cannot reach %s: %s (%s) %s\n", G.o.server,
+                inbox_strerror(setup_rc), inbox_err_name(setup_rc), setup_msg);
         G.abort = true;
     }
     fflush(stdout);

@@ -49,7 +49,8 @@
     X(SNAPSHOT_MISMATCH, 1207, "snapshot does not belong to this shard")       \
     /* consensus (raft/) */                                                    \
     X(NOT_LEADER, 1300, "this node is not the leader of the shard")            \
-    X(PROPOSAL_DROPPED, 1301, "proposal dropped: no leader or leadership lost") \
+    X(PROPOSAL_DROPPED, 1301,                                                  \
+      "proposal dropped: no leader or leadership lost")                        \
     X(TOO_MANY_PROPOSALS, 1302, "too many uncommitted proposals")              \
     X(CONF_CHANGE_PENDING, 1303, "a membership change is already in progress") \
     X(STALE_READ, 1304, "read could not be confirmed by a quorum")             \
@@ -84,8 +85,8 @@ static inline const char *inbox_err_name(int rc)
     switch (rc) {
     case 0:
         return "OK";
-#define INBOX_ERR_NAME(name, num, msg) \
-    case -(num):                       \
+#define INBOX_ERR_NAME(name, num, msg)                                         \
+    case -(num):                                                               \
         return #name;
         INBOX_ERR_MAP(INBOX_ERR_NAME)
 #undef INBOX_ERR_NAME
@@ -101,8 +102,8 @@ static inline const char *inbox_strerror(int rc)
     switch (rc) {
     case 0:
         return "success";
-#define INBOX_ERR_MSG(name, num, msg) \
-    case -(num):                      \
+#define INBOX_ERR_MSG(name, num, msg)                                          \
+    case -(num):                                                               \
         return msg;
         INBOX_ERR_MAP(INBOX_ERR_MSG)
 #undef INBOX_ERR_MSG

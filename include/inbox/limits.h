@@ -45,7 +45,8 @@
 #define INBOX_COMMAND_HEADER_BYTES_MAX 64u
 #define INBOX_COMMAND_BYTES_MAX                                                \
     (INBOX_COMMAND_HEADER_BYTES_MAX + INBOX_PAYLOAD_BYTES_MAX +                \
-     INBOX_FANOUT_INBOXES_MAX * (2u + INBOX_KEY_BYTES_MAX + INBOX_MSG_ID_BYTES))
+     INBOX_FANOUT_INBOXES_MAX *                                                \
+         (2u + INBOX_KEY_BYTES_MAX + INBOX_MSG_ID_BYTES))
 /* Bounded deterministic work per applied entry (engine/store): expired
  * messages removed and expired dedup records pruned. Defaults; every replica
  * of a shard must use the same values. */
@@ -150,7 +151,7 @@ _Static_assert(INBOX_ROUTE_RESP_BYTES_MAX <= INBOX_FRAME_BODY_BYTES_MAX,
 _Static_assert(INBOX_STATUS_RESP_BYTES_MAX <= INBOX_FRAME_BODY_BYTES_MAX,
                "a full STATUS must fit in one frame");
 _Static_assert(INBOX_KEY_BYTES_MAX <= 255u, "a key length fits in a u8");
-_Static_assert(INBOX_FETCH_MESSAGES_MAX * (8u + 16u + 8u + 4u) +
+_Static_assert(INBOX_FETCH_MESSAGES_MAX *(8u + 16u + 8u + 4u) +
                        INBOX_FETCH_BYTES_MAX + INBOX_PAYLOAD_BYTES_MAX + 64u <=
                    INBOX_FRAME_BODY_BYTES_MAX,
                "a full FETCH response (cap overshot by one payload) fits");
