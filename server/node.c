@@ -192,6 +192,7 @@ struct shard {
      * at the release point must stay recoverable (docs/node.md). */
     uint64_t conf_floor;
     enum raft_role role_seen;
+    uint32_t role_changes; /* since start, for the log level above */
     struct pq incoming, proposed, reading, read_wait, retry;
     /* published for node_status (relaxed atomics) */
     _Atomic uint64_t st_role, st_term, st_leader, st_commit, st_applied,
@@ -866,11 +867,16 @@ static void finish_ready(struct node *n, struct shard *s)
         while ((p = pq_pop(&s->reading)) != NULL)
             part_fail_leader(n, s, p, INBOX_ENOT_LEADER);
     }
-    if (role != s->role_seen)
-        log_info("node", "shard role changed",
+    if (role != s->role_seen) {
+        /* A shard's first election after start is routine (a node hosting
+         * thousands of shards would log thousands of lines): debug. Every
+         * later change of role is news: info. */
+        enum log_level lvl = s->role_changes++ == 0 ? LOG_DEBUG : LOG_INFO;
+        log_emit(lvl, "node", "shard role changed",
                  "shard=%u role=%s term=%llu leader=%llu", s->id,
                  raft_role_name(role), (unsigned long long)raft_term(s->r),
                  (unsigned long long)raft_leader(s->r));
+    }
     s->role_seen = role;
     for (; s->ticks_owed > 0; s->ticks_owed--)
         raft_tick(s->r);
