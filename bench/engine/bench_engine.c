@@ -363,7 +363,7 @@ static void parse(int argc, char **argv, struct opts *o)
                        .writers = 4,
                        .batch = 256,
                        .shards = 64,
-                       .checkpoint_ms = 1000,
+                       .checkpoint_ms = 5000,
                        .segment_bytes = 64u * INBOX_MIB,
                        .map_bytes = 0,
                        .dir = "./bench-engine-data"};
