@@ -30,8 +30,7 @@ void metrics_histogram_record(struct metrics_histogram *h, uint64_t us)
     atomic_fetch_add_explicit(&h->sum_us, us, memory_order_relaxed);
 }
 
-uint64_t metrics_histogram_quantile(const struct metrics_histogram *h,
-                                    double q)
+uint64_t metrics_histogram_quantile(const struct metrics_histogram *h, double q)
 {
     uint64_t counts[METRICS_BUCKETS_COUNT + 1];
     uint64_t total = 0;
@@ -138,8 +137,8 @@ size_t metrics_render(char *buf, size_t buf_bytes,
     for (size_t i = 0; i < descs_count; i++) {
         const struct metrics_desc *d = &descs[i];
         if (i == 0 || strcmp(descs[i - 1].name, d->name) != 0)
-            emit(&o, "# HELP %s %s\n# TYPE %s %s\n", d->name, d->help,
-                 d->name, type_name(d->type));
+            emit(&o, "# HELP %s %s\n# TYPE %s %s\n", d->name, d->help, d->name,
+                 type_name(d->type));
         switch (d->type) {
         case METRICS_COUNTER:
             emit(&o, "%s", d->name);

@@ -58,10 +58,11 @@ static void test_file_then_flags_precedence(void **state)
     const char *p = write_ini("; comment\n[node]\ndata_dir = /var/lib/x\n"
                               "id = 3\n[wal]\nsegment_bytes = 8MiB\n"
                               "[store]\ncheckpoint_interval = 250ms\n");
-    const char *argv[] = {"inboxd", "--node-id", "5", "--config", p,
-                    "--store-dedup-window=2h", NULL};
-    assert_int_equal(config_parse_args(&c, 6, (char **)argv, &help, err, sizeof err),
-                     0);
+    const char *argv[] = {"inboxd",   "--node-id", "5",
+                          "--config", p,           "--store-dedup-window=2h",
+                          NULL};
+    assert_int_equal(
+        config_parse_args(&c, 6, (char **)argv, &help, err, sizeof err), 0);
     assert_false(help);
     assert_string_equal(c.data_dir, "/var/lib/x"); /* from the file */
     assert_int_equal(c.node_id, 5); /* the flag beats the file, in any order */
@@ -115,8 +116,9 @@ static void expect_flag_error(int argc, const char **argv, const char *needle)
     char err[256] = "";
     bool help = false;
     config_defaults(&c);
-    assert_int_equal(config_parse_args(&c, argc, (char **)argv, &help, err, sizeof err),
-                     INBOX_EINVAL);
+    assert_int_equal(
+        config_parse_args(&c, argc, (char **)argv, &help, err, sizeof err),
+        INBOX_EINVAL);
     if (strstr(err, needle) == NULL)
         fail_msg("error '%s' lacks '%s'", err, needle);
 }
@@ -134,7 +136,8 @@ static void test_bad_flags(void **state)
     expect_flag_error(3, a4, "out of range");
     const char *a5[] = {"inboxd", "--config"};
     expect_flag_error(2, a5, "needs a file");
-    const char *a6[] = {"inboxd", "--wal-segment-bytes", "99999999999999999999999"};
+    const char *a6[] = {"inboxd", "--wal-segment-bytes",
+                        "99999999999999999999999"};
     expect_flag_error(3, a6, "not a size");
 }
 
@@ -146,8 +149,8 @@ static void test_help_and_usage(void **state)
     bool help = false;
     config_defaults(&c);
     const char *argv[] = {"inboxd", "--help"};
-    assert_int_equal(config_parse_args(&c, 2, (char **)argv, &help, err, sizeof err),
-                     0);
+    assert_int_equal(
+        config_parse_args(&c, 2, (char **)argv, &help, err, sizeof err), 0);
     assert_true(help);
     size_t need = config_usage(NULL, 0, "inboxd");
     char *buf = malloc(need + 1);

@@ -57,8 +57,8 @@ static void test_render_text_format(void **state)
          "op=\"enqueue\"", &reqs_enq, 0},
         {"inboxd_requests_total", "Requests by op", METRICS_COUNTER,
          "op=\"fetch\"", &reqs_fetch, 0},
-        {"inboxd_connections", "Open connections", METRICS_GAUGE, NULL,
-         &conns, 0},
+        {"inboxd_connections", "Open connections", METRICS_GAUGE, NULL, &conns,
+         0},
         {"inboxd_latency_seconds", "Latency", METRICS_HISTOGRAM, NULL, &lat,
          1e-6},
     };
@@ -73,10 +73,14 @@ static void test_render_text_format(void **state)
     assert_non_null(strstr(buf, "inboxd_requests_total{op=\"fetch\"} 2\n"));
     assert_non_null(strstr(buf, "inboxd_connections 2\n"));
     /* Cumulative buckets in seconds: 3us -> le 4e-06, 5us -> le 8e-06. */
-    assert_non_null(strstr(buf, "inboxd_latency_seconds_bucket{le=\"2e-06\"} 0\n"));
-    assert_non_null(strstr(buf, "inboxd_latency_seconds_bucket{le=\"4e-06\"} 1\n"));
-    assert_non_null(strstr(buf, "inboxd_latency_seconds_bucket{le=\"8e-06\"} 2\n"));
-    assert_non_null(strstr(buf, "inboxd_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
+    assert_non_null(
+        strstr(buf, "inboxd_latency_seconds_bucket{le=\"2e-06\"} 0\n"));
+    assert_non_null(
+        strstr(buf, "inboxd_latency_seconds_bucket{le=\"4e-06\"} 1\n"));
+    assert_non_null(
+        strstr(buf, "inboxd_latency_seconds_bucket{le=\"8e-06\"} 2\n"));
+    assert_non_null(
+        strstr(buf, "inboxd_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
     assert_non_null(strstr(buf, "inboxd_latency_seconds_count 2\n"));
     assert_non_null(strstr(buf, "inboxd_latency_seconds_sum 8e-06\n"));
     /* A short buffer is cut, never overrun, and reports what it needed. */

@@ -508,11 +508,11 @@ static void test_mixed_shard_batch(void **state)
         snprintf(inbox, sizeof inbox, "u%zu", i % 5);
         h_id(mid, i + 1);
         size_t len = 0;
-        assert_int_equal(command_encode_enqueue(
-                             bufs[i], sizeof bufs[i], 1000 + i,
-                             (const uint8_t *)inbox, strlen(inbox), mid, 0,
-                             "x", 1, &len),
-                         0);
+        assert_int_equal(
+            command_encode_enqueue(bufs[i], sizeof bufs[i], 1000 + i,
+                                   (const uint8_t *)inbox, strlen(inbox), mid,
+                                   0, "x", 1, &len),
+            0);
         batch[i] = (struct store_entry){sh, ++next[sh], 1, bufs[i], len};
     }
     struct harness *h = h_new(), *g = h_new();
