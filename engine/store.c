@@ -703,7 +703,7 @@ static int dedup_step(struct store *s, uint32_t shard, uint64_t now,
             return INBOX_ECORRUPT;
         old_ts = get_u64le((const uint8_t *)v.mv_data + 8);
         if (now < sat_add(old_ts, s->opt.dedup_window_ms)) {
-            *res = (struct store_target_result){0, get_u64le(v.mv_data), 1};
+            *res = (struct store_target_result){0, get_u64le(v.mv_data), 1, 0};
             *hit = true;
             return 0;
         }
@@ -743,7 +743,7 @@ static int enqueue_one(struct store *s, uint32_t shard, uint64_t now,
     uint8_t k[KEY_BYTES_MAX];
     struct inbox_meta m;
     MDB_val v;
-    *res = (struct store_target_result){0, 0, 0};
+    *res = (struct store_target_result){0, 0, 0, 0};
     int rc = load_inbox(s, shard, t->inbox, t->inbox_len, &m, NULL);
     if (rc != 0)
         return rc;
@@ -791,7 +791,7 @@ static int ack_one(struct store *s, uint32_t shard, const struct command *c,
 {
     const struct command_target *t = &c->targets[0];
     struct inbox_meta m;
-    *res = (struct store_target_result){0, 0, 0};
+    *res = (struct store_target_result){0, 0, 0, 0};
     int rc = load_inbox(s, shard, t->inbox, t->inbox_len, &m, NULL);
     if (rc != 0)
         return rc;
@@ -799,14 +799,15 @@ static int ack_one(struct store *s, uint32_t shard, const struct command *c,
         res->rc = INBOX_EACK_BEYOND_LAST;
         return 0;
     }
-    if (c->ack_seq <= m.acked_seq)
-        return 0; /* idempotent */
-    rc = remove_front(s, shard, t->inbox, t->inbox_len, &m, c->ack_seq, NEVER,
-                      NULL);
-    if (rc == 0)
-        rc = reindex_front(s, shard, t->inbox, t->inbox_len, &m);
-    if (rc == 0)
-        rc = save_inbox(s, shard, t->inbox, t->inbox_len, &m);
+    if (c->ack_seq > m.acked_seq) {
+        rc = remove_front(s, shard, t->inbox, t->inbox_len, &m, c->ack_seq,
+                          NEVER, NULL);
+        if (rc == 0)
+            rc = reindex_front(s, shard, t->inbox, t->inbox_len, &m);
+        if (rc == 0)
+            rc = save_inbox(s, shard, t->inbox, t->inbox_len, &m);
+    } /* else idempotent: nothing to delete */
+    res->after = m.acked_seq;
     return rc;
 }
 
@@ -817,13 +818,14 @@ static int seen_set_one(struct store *s, uint32_t shard,
     const struct command_target *t = &c->targets[0];
     struct inbox_meta m;
     bool found;
-    *res = (struct store_target_result){0, 0, 0};
+    *res = (struct store_target_result){0, 0, 0, 0};
     int rc = load_inbox(s, shard, t->inbox, t->inbox_len, &m, &found);
     if (rc != 0)
         return rc;
+    res->after = max_u64(m.last_seen_ms, c->seen_ts_ms);
     if (found && c->seen_ts_ms <= m.last_seen_ms)
         return 0; /* only moves forward */
-    m.last_seen_ms = max_u64(m.last_seen_ms, c->seen_ts_ms);
+    m.last_seen_ms = res->after;
     return save_inbox(s, shard, t->inbox, t->inbox_len, &m);
 }
 

@@ -87,6 +87,10 @@ struct store_target_result {
     uint64_t seq;    /* enqueues: the message's seq (the first one if
                         deduped); ack/seen-set: 0 */
     uint8_t deduped; /* enqueues: 1 if the msg id was already in the window */
+    /* The inbox's state after the command, so the answer needs no second
+     * read: ack: its acked seq; seen-set: its stored last-seen ms (which
+     * only moves forward, so may exceed the request's). 0 otherwise. */
+    uint64_t after;
 };
 
 /* The outcome of one applied entry. rc is 0, or INBOX_EBAD_COMMAND if the

@@ -129,6 +129,7 @@ struct req {
     /* single-part results */
     uint64_t seq;
     bool deduped;
+    uint64_t after;
     struct store_inbox_info info;
     const struct store_message *msgs;
     size_t msgs_count;
@@ -358,6 +359,10 @@ static void req_complete(struct node *n, struct req *q)
     case REQ_ENQUEUE:
         res.seq = q->seq;
         res.deduped = q->deduped;
+        break;
+    case REQ_ACK:
+    case REQ_SEEN_SET:
+        res.after = q->after;
         break;
     case REQ_ENQUEUE_MANY:
         res.targets = q->results;
@@ -704,8 +709,9 @@ static void write_result(struct part *p, const struct store_result *r)
         for (uint32_t i = 0; i < p->targets_count; i++)
             q->results[q->order[p->first + i]] = r->targets[i];
         break;
-    default:
+    default: /* ACK, SEEN_SET */
         q->rc = r->targets[0].rc;
+        q->after = r->targets[0].after;
         break;
     }
 }

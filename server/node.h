@@ -123,6 +123,9 @@ struct node_result {
     /* ENQUEUE */
     uint64_t seq;
     bool deduped;
+    /* ACK: the inbox's acked seq afterwards; SEEN_SET: its stored last-seen
+     * ms (store_target_result.after) */
+    uint64_t after;
     /* ENQUEUE_MANY: one result per target, in the request's order (each
      * with its own rc; res->rc is the first whole-shard failure, if any) */
     const struct store_target_result *targets;

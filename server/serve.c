@@ -119,8 +119,8 @@ static uint32_t hash_key(const uint8_t *k, size_t len)
 
 /* ---- the inbox table (caller holds sv->mu) ------------------------------ */
 
-static struct entry *entry_find(struct serve *sv, const uint8_t *k,
-                                size_t len, bool create)
+static struct entry *entry_find(struct serve *sv, const uint8_t *k, size_t len,
+                                bool create)
 {
     struct entry **b = &sv->buckets[hash_key(k, len)];
     for (struct entry *e = *b; e != NULL; e = e->next)
@@ -186,7 +186,8 @@ static void refused(struct transport_req *req, int rc)
     respond_error(req, rc);
 }
 
-/* ---- FETCH and long-poll -------------------------------------------------- */
+/* ---- FETCH and long-poll --------------------------------------------------
+ */
 
 static void fetch_submit(struct fetch *f);
 
@@ -223,8 +224,7 @@ static void fetch_done(void *arg, const struct node_result *res)
         free(f);
         return;
     }
-    if (res->messages_count == 0 && f->may_wait &&
-        mono_ms() < f->deadline_ms) {
+    if (res->messages_count == 0 && f->may_wait && mono_ms() < f->deadline_ms) {
         pthread_mutex_lock(&sv->mu);
         struct entry *e = entry_find(sv, f->inbox, f->inbox_len, true);
         if (e != NULL) {
@@ -265,8 +265,8 @@ static void do_fetch(struct serve *sv, struct transport_req *req,
     f->sv = sv;
     f->req = req;
     f->after_seq = q->after_seq;
-    f->messages_max = q->messages_max == 0 ? INBOX_FETCH_MESSAGES_MAX
-                                           : q->messages_max;
+    f->messages_max =
+        q->messages_max == 0 ? INBOX_FETCH_MESSAGES_MAX : q->messages_max;
     f->bytes_max = q->bytes_max == 0 ? INBOX_FETCH_BYTES_MAX : q->bytes_max;
     uint32_t wait = q->wait_ms > INBOX_FETCH_WAIT_MS_MAX
                         ? INBOX_FETCH_WAIT_MS_MAX
@@ -349,7 +349,8 @@ void serve_stop(struct serve *sv)
     uv_timer_stop(&sv->wait_timer);
 }
 
-/* ---- WATCH ---------------------------------------------------------------- */
+/* ---- WATCH ----------------------------------------------------------------
+ */
 
 static struct conn_watches **conn_slot(struct serve *sv,
                                        struct transport_conn *conn)
@@ -540,13 +541,14 @@ static void do_watch(struct serve *sv, struct transport_req *req,
     it = q->iter;
     for (uint32_t i = 0; i < n; i++) {
         if (!inbox_next_key(&it, &k)) { /* the codec checked count */
-            wc->items[i] = (struct inbox_code_u64){(uint16_t)-INBOX_EINTERNAL, 0};
+            wc->items[i] =
+                (struct inbox_code_u64){(uint16_t)-INBOX_EINTERNAL, 0};
             watch_call_put(wc);
             continue;
         }
         items[i] = (struct watch_item){wc, i};
-        rc = node_inbox_info(sv->node, k.ptr, k.len, watch_item_done,
-                             &items[i]);
+        rc =
+            node_inbox_info(sv->node, k.ptr, k.len, watch_item_done, &items[i]);
         if (rc != 0) { /* refused at once: that is this item's answer */
             wc->items[i] = (struct inbox_code_u64){(uint16_t)-rc, 0};
             watch_call_put(wc);
@@ -555,7 +557,8 @@ static void do_watch(struct serve *sv, struct transport_req *req,
     watch_call_put(wc); /* the submission guard */
 }
 
-/* ---- writes ---------------------------------------------------------------- */
+/* ---- writes ----------------------------------------------------------------
+ */
 
 static void enqueue_done(void *arg, const struct node_result *res)
 {
@@ -593,65 +596,33 @@ static void enqueue_many_done(void *arg, const struct node_result *res)
 }
 
 /* ACK and SEEN_SET answer with the inbox's state after the write (the
- * acked seq; the stored last-seen), so the write is followed by one
- * linearizable info read of the same inbox. */
-struct write_call {
-    struct serve *sv;
-    struct transport_req *req;
-    uint8_t op;
-    uint8_t inbox_len;
-    uint8_t inbox[INBOX_KEY_BYTES_MAX];
-};
-
-static void write_info_done(void *arg, const struct node_result *res)
-{
-    struct write_call *wc = arg;
-    if (res->rc != 0) {
-        respond_error(wc->req, res->rc);
-    } else {
-        struct inbox_msg r;
-        memset(&r, 0, sizeof r);
-        if (wc->op == INBOX_OP_ACK)
-            r.body.ack_resp.acked_seq = res->info.acked_seq;
-        else
-            r.body.seen_set_resp.ts_ms = res->info.last_seen_ms;
-        transport_respond(wc->req, &r);
-    }
-    free(wc);
-}
-
+ * acked seq; the stored last-seen), which the store reports with the
+ * write's result. */
 static void write_done(void *arg, const struct node_result *res)
 {
-    struct write_call *wc = arg;
-    int rc = res->rc;
-    if (rc == 0)
-        rc = node_inbox_info(wc->sv->node, wc->inbox, wc->inbox_len,
-                             write_info_done, wc);
-    if (rc != 0) {
-        respond_error(wc->req, rc);
-        free(wc);
+    struct transport_req *req = arg;
+    if (res->rc != 0) {
+        respond_error(req, res->rc);
+        return;
     }
+    struct inbox_msg r;
+    memset(&r, 0, sizeof r);
+    if (transport_req_opcode(req) == INBOX_OP_ACK)
+        r.body.ack_resp.acked_seq = res->after;
+    else
+        r.body.seen_set_resp.ts_ms = res->after;
+    transport_respond(req, &r);
 }
 
 static void do_write(struct serve *sv, struct transport_req *req, uint8_t op,
                      struct inbox_bytes inbox, uint64_t value)
 {
-    struct write_call *wc = malloc(sizeof *wc);
-    if (wc == NULL) {
-        refused(req, INBOX_ENOMEM);
-        return;
-    }
-    *wc = (struct write_call){sv, req, op, (uint8_t)inbox.len, {0}};
-    memcpy(wc->inbox, inbox.ptr, inbox.len);
-    int rc = op == INBOX_OP_ACK
-                 ? node_ack(sv->node, inbox.ptr, inbox.len, value, write_done,
-                            wc)
-                 : node_seen_set(sv->node, inbox.ptr, inbox.len, value,
-                                 write_done, wc);
-    if (rc != 0) {
+    int rc = op == INBOX_OP_ACK ? node_ack(sv->node, inbox.ptr, inbox.len,
+                                           value, write_done, req)
+                                : node_seen_set(sv->node, inbox.ptr, inbox.len,
+                                                value, write_done, req);
+    if (rc != 0)
         refused(req, rc);
-        free(wc);
-    }
 }
 
 static void do_enqueue_many(struct serve *sv, struct transport_req *req,
@@ -665,8 +636,8 @@ static void do_enqueue_many(struct serve *sv, struct transport_req *req,
     uint32_t n = 0;
     while (n < INBOX_FANOUT_INBOXES_MAX && inbox_next_target(&it, &x)) {
         memcpy(ids[n], x.msg_id, INBOX_MSG_ID_BYTES);
-        t[n] = (struct command_target){x.inbox.ptr, ids[n],
-                                       (uint16_t)x.inbox.len};
+        t[n] =
+            (struct command_target){x.inbox.ptr, ids[n], (uint16_t)x.inbox.len};
         n++;
     }
     uint64_t ttl = q->ttl_ms != 0 ? q->ttl_ms : sv->o.default_ttl_ms;
@@ -676,7 +647,8 @@ static void do_enqueue_many(struct serve *sv, struct transport_req *req,
         refused(req, rc);
 }
 
-/* ---- reads ------------------------------------------------------------------ */
+/* ---- reads ------------------------------------------------------------------
+ */
 
 static void seen_get_done(void *arg, const struct node_result *res)
 {
@@ -814,15 +786,15 @@ static void do_snapshot(struct serve *sv, struct transport_req *req)
     sw->work.data = sw;
     sw->sv = sv;
     sw->req = req;
-    int rc = uv_queue_work(sv->o.loop, &sw->work, snapshot_run,
-                           snapshot_after);
+    int rc = uv_queue_work(sv->o.loop, &sw->work, snapshot_run, snapshot_after);
     if (rc != 0) {
         free(sw);
         refused(req, INBOX_EINTERNAL);
     }
 }
 
-/* ---- dispatch ------------------------------------------------------------------ */
+/* ---- dispatch
+ * ------------------------------------------------------------------ */
 
 void serve_on_request(void *arg, struct transport_req *req,
                       const struct inbox_msg *msg)
@@ -833,9 +805,8 @@ void serve_on_request(void *arg, struct transport_req *req,
     case INBOX_OP_ENQUEUE: {
         const struct inbox_enqueue_req *q = &msg->body.enqueue_req;
         uint64_t ttl = q->ttl_ms != 0 ? q->ttl_ms : sv->o.default_ttl_ms;
-        rc = node_enqueue(sv->node, q->inbox.ptr, q->inbox.len, q->msg_id,
-                          ttl, q->payload.ptr, q->payload.len, enqueue_done,
-                          req);
+        rc = node_enqueue(sv->node, q->inbox.ptr, q->inbox.len, q->msg_id, ttl,
+                          q->payload.ptr, q->payload.len, enqueue_done, req);
         if (rc != 0)
             refused(req, rc);
         return;
@@ -882,7 +853,8 @@ void serve_on_request(void *arg, struct transport_req *req,
     }
 }
 
-/* ---- life cycle ------------------------------------------------------------------ */
+/* ---- life cycle
+ * ------------------------------------------------------------------ */
 
 int serve_new(const struct serve_options *o, struct serve **out)
 {

@@ -194,13 +194,14 @@ static struct store_target_result m_enqueue_(struct model *m,
     uint64_t now = m->now[ib->shard];
     struct m_dedup *d = &ib->dedup[id];
     if (d->present && now < sat_add(d->ts, m->opt.dedup_window_ms))
-        return (struct store_target_result){0, d->seq, 1};
+        return (struct store_target_result){0, d->seq, 1, 0};
     if (len > m->opt.payload_bytes_max)
-        return (struct store_target_result){INBOX_EPAYLOAD_TOO_LARGE, 0, 0};
+        return (struct store_target_result){INBOX_EPAYLOAD_TOO_LARGE, 0, 0, 0};
     if (ib->n >= m->opt.pending_messages_max)
-        return (struct store_target_result){INBOX_EINBOX_FULL_MESSAGES, 0, 0};
+        return (struct store_target_result){INBOX_EINBOX_FULL_MESSAGES, 0, 0,
+                                            0};
     if (ib->pending_bytes + len > m->opt.pending_bytes_max)
-        return (struct store_target_result){INBOX_EINBOX_FULL_BYTES, 0, 0};
+        return (struct store_target_result){INBOX_EINBOX_FULL_BYTES, 0, 0, 0};
     uint64_t deadline = ttl == 0 ? NEVER : sat_add(now, ttl);
     if (ib->n > 0 && ib->last_deadline > deadline)
         deadline = ib->last_deadline;
@@ -209,7 +210,7 @@ static struct store_target_result m_enqueue_(struct model *m,
     ib->pending_bytes += len;
     ib->last_deadline = deadline;
     *d = (struct m_dedup){1, seq, now};
-    return (struct store_target_result){0, seq, 0};
+    return (struct store_target_result){0, seq, 0, 0};
 }
 
 static int m_ack(struct m_inbox *ib, uint64_t up_to)
@@ -345,6 +346,8 @@ static void op_ack(struct run *r, unsigned k)
     m_begin(&r->m, ib->shard, ts);
     int want = m_ack(ib, up_to);
     CHECK(r->h->last.rc == 0 && r->h->last.t[0].rc == want);
+    /* The result carries the inbox's acked seq afterwards. */
+    CHECK(r->h->last.t[0].after == (want == 0 ? ib->acked_seq : 0));
 }
 
 static void op_seen(struct run *r, unsigned k)
@@ -361,6 +364,7 @@ static void op_seen(struct run *r, unsigned k)
     if (seen > ib->last_seen)
         ib->last_seen = seen;
     CHECK(r->h->last.rc == 0 && r->h->last.t[0].rc == 0);
+    CHECK(r->h->last.t[0].after == ib->last_seen); /* the stored value */
 }
 
 static void op_odd_entry(struct run *r, uint32_t shard)
