@@ -555,6 +555,7 @@ enum kind {
     K_TRANSFER_REQ,
     K_MOVE_REQ,
     K_SNAPSHOT_REQ,
+    K_RAFT_REQ,
 };
 
 static enum kind kind_of(const struct inbox_frame_header *h)
@@ -597,6 +598,8 @@ static enum kind kind_of(const struct inbox_frame_header *h)
         return resp ? K_U64_RESP : K_MOVE_REQ;
     case INBOX_OP_SNAPSHOT:
         return resp ? K_U64_RESP : K_SNAPSHOT_REQ;
+    case INBOX_OP_RAFT:
+        return resp ? K_EMPTY : K_RAFT_REQ;
     default:
         return K_UNKNOWN;
     }
@@ -865,6 +868,12 @@ static void dec_body(struct rd *r, enum kind k, struct inbox_msg *m)
     case K_STATUS_RESP:
         dec_status_resp(r, &m->body.status_resp);
         break;
+    case K_RAFT_REQ: {
+        uint32_t len = rd_u32(r);
+        rd_check(r, len >= 1 && len <= INBOX_RAFT_BATCH_BYTES_MAX);
+        rd_span(r, len, &m->body.raft_req.batch);
+        break;
+    }
     default:
         dec_admin_req(r, k, m);
         break;
@@ -1206,6 +1215,14 @@ static int enc_body(struct wr *w, enum kind k, const struct inbox_msg *m)
         return enc_route_resp(w, &m->body.route_resp);
     case K_STATUS_RESP:
         return enc_status_resp(w, &m->body.status_resp);
+    case K_RAFT_REQ: {
+        const struct inbox_bytes *b = &m->body.raft_req.batch;
+        if (b->len < 1 || b->len > INBOX_RAFT_BATCH_BYTES_MAX || !span_ok(b))
+            return INBOX_EINVAL;
+        wr_u32(w, b->len);
+        wr_raw(w, b->ptr, b->len);
+        return 0;
+    }
     default:
         return enc_admin_req(w, k, m);
     }
@@ -1288,6 +1305,8 @@ const char *inbox_op_name(uint8_t opcode)
         return "MOVE_REPLICA";
     case INBOX_OP_SNAPSHOT:
         return "SNAPSHOT";
+    case INBOX_OP_RAFT:
+        return "RAFT";
     default:
         return NULL;
     }

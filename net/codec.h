@@ -68,6 +68,7 @@ enum inbox_op {
     INBOX_OP_TRANSFER_LEADER = 0x32,
     INBOX_OP_MOVE_REPLICA = 0x33,
     INBOX_OP_SNAPSHOT = 0x34,
+    INBOX_OP_RAFT = 0x40, /* node to node: a batch of Raft messages */
 };
 
 /* Header flags (u16). Bits not in INBOX_FLAGS_KNOWN must be zero. */
@@ -335,6 +336,14 @@ struct inbox_snapshot_req {
 /* ADD_NODE, REMOVE_NODE, MOVE_REPLICA, TRANSFER_LEADER, SNAPSHOT answer
  * with the placement epoch at which the change was accepted (SNAPSHOT and
  * TRANSFER_LEADER: the current one). */
+/* RAFT (node to node only): u32 length (1..INBOX_RAFT_BATCH_BYTES_MAX),
+ * then a batch of Raft messages in raft/wire.h's encoding, opaque to the
+ * codec. The response is empty: it only frees
+ * the sender's in-flight slot (flow control). */
+struct inbox_raft_req {
+    struct inbox_bytes batch;
+};
+
 struct inbox_admin_resp {
     uint64_t epoch;
 };
@@ -378,6 +387,7 @@ struct inbox_msg {
         struct inbox_transfer_leader_req transfer_leader_req;
         struct inbox_move_replica_req move_replica_req;
         struct inbox_snapshot_req snapshot_req;
+        struct inbox_raft_req raft_req;
         struct inbox_admin_resp admin_resp;
         struct inbox_error error;
     } body;
@@ -391,7 +401,8 @@ struct inbox_msg {
  *   ENQUEUE ... SEEN_SET      -> <op>_req / <op>_resp
  *   SEEN_GET, WATCH, UNWATCH  -> keys_req / code_u64_resp (UNWATCH: empty)
  *   ROUTE, STATUS             -> route_resp / status_resp
- *   ADD_NODE ... SNAPSHOT     -> <op>_req / admin_resp */
+ *   ADD_NODE ... SNAPSHOT     -> <op>_req / admin_resp
+ *   RAFT                      -> raft_req / empty body */
 
 /* Encodes the whole frame (header then body) into out[0..cap). The header
  * is m->hdr with body_bytes computed. Returns 0 and *frame_bytes; or

@@ -808,6 +808,11 @@ static void conn_on_frame(struct transport_conn *c, const struct inbox_frame *f)
                         "admin operations need an admin certificate");
         return;
     }
+    if (h->opcode == INBOX_OP_RAFT && c->role != INBOX_ROLE_NODE) {
+        conn_send_error(c, h, INBOX_EDENIED,
+                        "raft traffic needs a node certificate");
+        return;
+    }
     conn_dispatch(c, &m);
 }
 

@@ -97,6 +97,8 @@ _Static_assert(INBOX_COMMAND_BYTES_MAX <= INBOX_RAFT_MSG_BYTES_MAX,
 /* ---- net/ (frames) ------------------------------------------------------ */
 #define INBOX_FRAME_HEADER_BYTES 24u
 #define INBOX_FRAME_BODY_BYTES_MAX (2u * INBOX_MIB)
+/* A RAFT frame's batch of Raft messages (docs/protocol.md §4.12). */
+#define INBOX_RAFT_BATCH_BYTES_MAX (INBOX_FRAME_BODY_BYTES_MAX - 4u)
 /* TLS (net/tls): ciphertext fed in but not yet decrypted, and ciphertext
  * waiting to go out, per connection. Writes are accepted only while the
  * outbound bytes, counted with worst-case record overhead, stay under the

@@ -189,6 +189,10 @@ static void build_admin_ops(void)
     m->body.snapshot_req.shard = INBOX_SHARD_ALL;
     m = resp("snapshot_resp", INBOX_OP_SNAPSHOT);
     m->body.admin_resp.epoch = 15;
+    static const uint8_t batch[] = {1, 2, 3, 4, 5, 6, 7};
+    m = req("raft_req", INBOX_OP_RAFT);
+    m->body.raft_req.batch = (struct inbox_bytes){batch, sizeof batch};
+    resp("raft_resp", INBOX_OP_RAFT);
 }
 
 static void build_errors(void)

@@ -315,6 +315,17 @@ static void eq_flat(const struct inbox_msg *a, const struct inbox_msg *b)
             break;
         }
         goto admin_resp;
+    case INBOX_OP_RAFT:
+        if (!(a->hdr.flags & INBOX_FLAG_RESPONSE)) {
+            assert_int_equal(a->body.raft_req.batch.len,
+                             b->body.raft_req.batch.len);
+            assert_memory_equal(a->body.raft_req.batch.ptr,
+                                b->body.raft_req.batch.ptr,
+                                a->body.raft_req.batch.len);
+        } else {
+            assert_int_equal(b->hdr.body_bytes, 0);
+        }
+        break;
     case INBOX_OP_ADD_NODE:
     admin_resp:
         assert_true(a->body.admin_resp.epoch == b->body.admin_resp.epoch);
