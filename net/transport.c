@@ -1266,6 +1266,11 @@ uint8_t transport_req_opcode(const struct transport_req *req)
     return req->opcode;
 }
 
+void *transport_req_arg(const struct transport_req *req)
+{
+    return req->x.conn->t->cfg.arg;
+}
+
 struct transport_conn *transport_req_conn(const struct transport_req *req)
 {
     return req->x.conn;

@@ -129,6 +129,9 @@ void transport_respond_error(struct transport_req *req, int code,
 uint64_t transport_req_id(const struct transport_req *req);
 uint8_t transport_req_opcode(const struct transport_req *req);
 struct transport_conn *transport_req_conn(const struct transport_req *req);
+/* The `arg` of the transport_config (the service), for completions that
+ * only hold the request. */
+void *transport_req_arg(const struct transport_req *req);
 
 /* ---- connections ----------------------------------------------------------
  */

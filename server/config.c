@@ -59,6 +59,10 @@ static const struct opt opts[] = {
     NUM("cluster", "shard_count", OPT_U64, shard_count, 1,
         INBOX_SHARD_COUNT_MAX, "64",
         "shards of the inbox key space (fixed at cluster creation)"),
+    STR("cluster", "members", members, "",
+        "the cluster's nodes as id@host:port,... (their client ports, "
+        "which peers use too); must include node.id; empty: this node "
+        "alone"),
     NUM("wal", "segment_bytes", OPT_SIZE, wal_segment_bytes,
         INBOX_WAL_SEGMENT_BYTES_MIN, INBOX_WAL_SEGMENT_BYTES_MAX, "64MiB",
         "WAL segment size"),
@@ -358,8 +362,75 @@ int config_parse_args(struct config *c, int argc, char **argv, bool *help,
     return 0;
 }
 
+int config_members(const struct config *c, struct config_member *out,
+                   size_t *count, char *err, size_t err_bytes)
+{
+    *count = 0;
+    const char *p = c->members;
+    while (*p == ' ')
+        p++;
+    if (*p == '\0')
+        return 0;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char item[CONFIG_ADDR_BYTES + 32];
+        if (len >= sizeof item) {
+            seterr(err, err_bytes,
+                   "cluster.members: item '%.40s...' is too "
+                   "long",
+                   p);
+            return INBOX_EINVAL;
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        char *at = strchr(item, '@');
+        char *colon = at ? strrchr(at + 1, ':') : NULL;
+        char *idend = NULL;
+        uint64_t id = at ? strtoull(item, &idend, 10) : 0;
+        if (!at || idend != at || id == 0 || id > UINT32_MAX || !colon ||
+            colon == at + 1 || colon[1] == '\0' ||
+            strlen(at + 1) >= CONFIG_ADDR_BYTES) {
+            seterr(err, err_bytes,
+                   "cluster.members: '%s' is not id@host:port (id 1..%u)", item,
+                   UINT32_MAX);
+            return INBOX_EINVAL;
+        }
+        for (size_t i = 0; i < *count; i++)
+            if (out[i].id == id) {
+                seterr(err, err_bytes,
+                       "cluster.members: node %" PRIu64 " is listed twice", id);
+                return INBOX_EINVAL;
+            }
+        if (*count == CONFIG_MEMBERS_MAX) {
+            seterr(err, err_bytes, "cluster.members: at most %u nodes",
+                   CONFIG_MEMBERS_MAX);
+            return INBOX_EINVAL;
+        }
+        out[*count].id = id;
+        snprintf(out[*count].addr, sizeof out[*count].addr, "%s", at + 1);
+        (*count)++;
+        if (!end)
+            return 0;
+        p = end + 1;
+    }
+}
+
 int config_validate(const struct config *c, char *err, size_t err_bytes)
 {
+    struct config_member ms[CONFIG_MEMBERS_MAX];
+    size_t mc = 0;
+    if (config_members(c, ms, &mc, err, err_bytes) != 0)
+        return INBOX_EINVAL;
+    bool self = mc == 0;
+    for (size_t i = 0; i < mc; i++)
+        self |= ms[i].id == c->node_id;
+    if (!self) {
+        seterr(err, err_bytes,
+               "cluster.members does not list this node (node.id %" PRIu64 ")",
+               c->node_id);
+        return INBOX_EINVAL;
+    }
     int set =
         (c->tls_ca[0] != 0) + (c->tls_cert[0] != 0) + (c->tls_key[0] != 0);
     if (set != 0 && set != 3) {

@@ -38,6 +38,7 @@ struct config {
     char tls_key[CONFIG_STRING_BYTES_MAX];
     /* [cluster] */
     uint64_t shard_count;
+    char members[CONFIG_STRING_BYTES_MAX * 4]; /* id@host:port,... */
     /* [wal] */
     uint64_t wal_segment_bytes;
     /* [store] */
@@ -76,6 +77,20 @@ int config_validate(const struct config *c, char *err, size_t err_bytes);
 /* Write the usage text, one line per option with its default, to buf.
  * Returns the number of bytes it needed (like snprintf). */
 size_t config_usage(char *buf, size_t buf_bytes, const char *argv0);
+
+/* cluster.members, parsed: "1@127.0.0.1:7420,2@127.0.0.1:7430". */
+#define CONFIG_MEMBERS_MAX 7u
+#define CONFIG_ADDR_BYTES 129u
+struct config_member {
+    uint64_t id;
+    char addr[CONFIG_ADDR_BYTES]; /* host:port, clients and peers */
+};
+/* Returns 0 and the members (count 0 when the option is empty), or
+ * INBOX_EINVAL with a message naming the bad item: a malformed item, an
+ * id of 0 or listed twice, more than CONFIG_MEMBERS_MAX, an address
+ * without a port or longer than 128 bytes. */
+int config_members(const struct config *c, struct config_member *out,
+                   size_t *count, char *err, size_t err_bytes);
 
 /* Parse "64MiB" / "4096" / "1GiB" and "500ms" / "2s" / "1m". Exposed for the
  * CLI, which takes the same forms. Return 0 or INBOX_EINVAL. */

@@ -68,11 +68,32 @@
 #include "raft.h"
 #include "raft_log.h"
 #include "wal.h"
+#include "wire.h"
 
 #define PATH_BYTES_MAX 1100u
 #define NODE_READY_PASSES_MAX 8u
 /* The round's record arena is kept between rounds up to this size. */
 #define NODE_ARENA_BYTES_KEPT (4u * INBOX_MIB)
+
+/* ---- peers: types ------------------------------------------------------ */
+
+/* A batch received from a peer, waiting for the node thread. */
+struct inbatch {
+    struct inbatch *next;
+    size_t len;
+    uint8_t data[];
+};
+
+/* Messages for one peer, encoded during a pass of the node loop and handed
+ * to node_options.send at its end (or when the batch is full). */
+struct outbox {
+    uint64_t to;
+    uint8_t *buf; /* INBOX_RAFT_BATCH_BYTES_MAX, allocated on first use */
+    size_t len;
+};
+#define NODE_OUTBOXES_MAX (INBOX_RAFT_VOTERS_MAX + INBOX_RAFT_LEARNERS_MAX)
+/* A shard's parked buffer is kept for reuse up to this size. */
+#define NODE_PARKED_BYTES_KEPT (64u * INBOX_KIB)
 
 /* ---- requests ----------------------------------------------------------- */
 
@@ -195,6 +216,10 @@ struct shard {
     enum raft_role role_seen;
     uint32_t role_changes; /* since start, for the log level above */
     struct pq incoming, proposed, reading, read_wait, retry;
+    /* Peer messages that arrived during a ready cycle (raft/wire.h
+     * encoding), stepped right after raft_advance. */
+    uint8_t *parked;
+    size_t parked_len, parked_cap;
     /* published for node_status (relaxed atomics) */
     _Atomic uint64_t st_role, st_term, st_leader, st_commit, st_applied,
         st_last, st_released;
@@ -210,6 +235,9 @@ struct node_metrics {
     struct metrics_counter busy;
     struct metrics_counter wal_appends;
     struct metrics_counter checkpoints;
+    struct metrics_counter peer_msgs_in;
+    struct metrics_counter peer_msgs_out;
+    struct metrics_counter peer_msgs_dropped;
     struct metrics_gauge failed;
     struct metrics_gauge wal_segments;
     struct metrics_histogram fsync_us;
@@ -248,6 +276,8 @@ struct node {
     bool exited;
     uint64_t ckpt_asked, ckpt_done;
     int ckpt_rc;
+    struct inbatch *in_head, *in_tail; /* peer batches not yet stepped */
+    uint64_t in_bytes;
 
     _Atomic bool accepting;
     _Atomic int failed;
@@ -277,6 +307,10 @@ struct node {
     uint64_t *tmp_seen;
     struct store_message *fetch_buf;
     struct wal_release *rels;
+    /* Outgoing peer messages of this pass, encoded per destination. */
+    struct outbox outs[NODE_OUTBOXES_MAX];
+    size_t outs_count;
+    struct raft_entry *wire_ents; /* INBOX_RAFT_MSG_ENTRIES_MAX, decoding */
 
     struct node_metrics m;
     struct metrics_desc *descs;
@@ -796,19 +830,157 @@ static int apply_committed(struct node *n, struct shard *s,
 
 /* ---- the ready cycle ---------------------------------------------------- */
 
-/* The seam for replication: raft's messages leave through here. With one
- * voter there is nobody to send to; the cluster issue plugs the peer
- * transport in (messages and their entries must be copied by it: they are
- * raft's until raft_advance). */
+/* ---- peers ------------------------------------------------------------- */
+
+static void outbox_flush(struct node *n, struct outbox *ob)
+{
+    if (ob->len == 0)
+        return;
+    if (n->o.send)
+        n->o.send(n->o.send_arg, ob->to, ob->buf, ob->len);
+    ob->len = 0;
+}
+
+/* Hand every destination's messages of this pass to the peer transport:
+ * one call per peer per pass, so a round's APPENDs, heartbeats and votes
+ * for every shard travel together. */
+static void outboxes_flush(struct node *n)
+{
+    for (size_t i = 0; i < n->outs_count; i++)
+        outbox_flush(n, &n->outs[i]);
+}
+
+static struct outbox *outbox_for(struct node *n, uint64_t to)
+{
+    for (size_t i = 0; i < n->outs_count; i++)
+        if (n->outs[i].to == to)
+            return &n->outs[i];
+    if (n->outs_count == NODE_OUTBOXES_MAX) {
+        /* Members come and go: reuse an empty box of a departed peer. */
+        for (size_t i = 0; i < n->outs_count; i++)
+            if (n->outs[i].len == 0) {
+                n->outs[i].to = to;
+                return &n->outs[i];
+            }
+        return NULL;
+    }
+    struct outbox *ob = &n->outs[n->outs_count];
+    if (!ob->buf && !(ob->buf = malloc(INBOX_RAFT_BATCH_BYTES_MAX)))
+        return NULL;
+    ob->to = to;
+    ob->len = 0;
+    n->outs_count++;
+    return ob;
+}
+
+/* Raft's messages leave through here: encoded at once (they are raft's only
+ * until raft_advance) into their destination's batch. A message that
+ * cannot be sent is dropped, which Raft tolerates as a network loss. */
 static void send_msgs(struct node *n, const struct raft_msg *msgs, size_t count)
 {
-    for (size_t i = 0; i < count; i++)
-        if (msgs[i].to != n->o.node_id)
-            log_debug("node", "raft message dropped: no transport",
-                      "shard=%llu to=%llu type=%s",
-                      (unsigned long long)msgs[i].group,
-                      (unsigned long long)msgs[i].to,
-                      raft_msg_type_name(msgs[i].type));
+    for (size_t i = 0; i < count; i++) {
+        const struct raft_msg *m = &msgs[i];
+        if (m->to == n->o.node_id || m->to == RAFT_NONE)
+            continue;
+        struct outbox *ob = n->o.send ? outbox_for(n, m->to) : NULL;
+        size_t need = raft_wire_msg_bytes(m);
+        if (!ob || need > INBOX_RAFT_BATCH_BYTES_MAX) {
+            metrics_counter_add(&n->m.peer_msgs_dropped, 1);
+            continue;
+        }
+        if (ob->len + need > INBOX_RAFT_BATCH_BYTES_MAX)
+            outbox_flush(n, ob);
+        size_t w = raft_wire_encode(m, ob->buf + ob->len,
+                                    INBOX_RAFT_BATCH_BYTES_MAX - ob->len);
+        assert(w == need);
+        ob->len += w;
+        metrics_counter_add(&n->m.peer_msgs_out, 1);
+    }
+}
+
+static void publish(struct shard *s);
+static void mark_dirty(struct node *n, struct shard *s);
+
+/* Park an encoded message of a shard that is in a ready cycle. */
+static void park(struct node *n, struct shard *s, const uint8_t *msg,
+                 size_t len)
+{
+    if (s->parked_len + len > INBOX_NODE_PARKED_BYTES_MAX) {
+        metrics_counter_add(&n->m.peer_msgs_dropped, 1);
+        return;
+    }
+    if (s->parked_len + len > s->parked_cap) {
+        size_t cap = s->parked_cap ? s->parked_cap : 4096u;
+        while (cap < s->parked_len + len)
+            cap *= 2u;
+        uint8_t *p = realloc(s->parked, cap);
+        if (!p) {
+            metrics_counter_add(&n->m.peer_msgs_dropped, 1);
+            return;
+        }
+        s->parked = p;
+        s->parked_cap = cap;
+    }
+    memcpy(s->parked + s->parked_len, msg, len);
+    s->parked_len += len;
+}
+
+/* Step every message of an encoded batch into its shard's group (or park
+ * it while the shard is in a ready cycle). fresh: the batch came off the
+ * network now (counted), rather than out of a shard's parked buffer. */
+static void step_batch(struct node *n, const uint8_t *buf, size_t len,
+                       bool fresh)
+{
+    size_t off = 0;
+    while (off < len) {
+        struct raft_msg m;
+        size_t used = 0;
+        int rc = raft_wire_decode(buf + off, len - off, &m, n->wire_ents,
+                                  INBOX_RAFT_MSG_ENTRIES_MAX, &used);
+        if (rc != 0) {
+            /* The rest of the batch cannot be framed: drop it. */
+            metrics_counter_add(&n->m.peer_msgs_dropped, 1);
+            log_warn("node", "malformed raft message from a peer dropped",
+                     "err=%s offset=%zu", inbox_err_name(rc), off);
+            return;
+        }
+        const uint8_t *raw = buf + off;
+        off += used;
+        if (m.group >= n->shard_count || m.to != n->o.node_id) {
+            metrics_counter_add(&n->m.peer_msgs_dropped, 1);
+            continue;
+        }
+        struct shard *s = &n->shards[m.group];
+        if (fresh)
+            metrics_counter_add(&n->m.peer_msgs_in, 1);
+        if (s->in_ready) {
+            park(n, s, raw, used);
+            continue;
+        }
+        if (raft_step(s->r, &m) != 0)
+            metrics_counter_add(&n->m.peer_msgs_dropped, 1);
+        mark_dirty(n, s);
+    }
+}
+
+/* After raft_advance: the messages that waited for it. The shard is out
+ * of its ready cycle now, so none of them is parked again. */
+static void step_parked(struct node *n, struct shard *s)
+{
+    if (s->parked_len == 0)
+        return;
+    uint8_t *buf = s->parked;
+    size_t len = s->parked_len, cap = s->parked_cap;
+    s->parked = NULL;
+    s->parked_len = s->parked_cap = 0;
+    step_batch(n, buf, len, false);
+    assert(s->parked == NULL);
+    if (cap <= NODE_PARKED_BYTES_KEPT) {
+        s->parked = buf; /* reuse the allocation */
+        s->parked_cap = cap;
+    } else {
+        free(buf);
+    }
 }
 
 static void publish(struct shard *s)
@@ -866,6 +1038,7 @@ static void finish_ready(struct node *n, struct shard *s)
     raft_log_reads_done(&s->log);
     s->in_ready = false;
     s->wait_lsn = 0;
+    step_parked(n, s);
     enum raft_role role = raft_role(s->r);
     if (role != RAFT_LEADER && s->role_seen == RAFT_LEADER) {
         /* Raft dropped its pending reads when it stepped down. */
@@ -1129,8 +1302,31 @@ static void tick_all(struct node *n)
 
 /* ---- checkpoints -------------------------------------------------------- */
 
+/* A leader keeps the entries its slowest follower still lacks, so a
+ * follower that was down a while catches up from the log rather than by
+ * snapshot, up to INBOX_NODE_RETAIN_ENTRIES_MAX entries behind. */
+static uint64_t retain_for_followers(const struct node *n,
+                                     const struct shard *s, uint64_t d)
+{
+    if (raft_role(s->r) != RAFT_LEADER)
+        return d;
+    const struct raft_membership *m = raft_membership(s->r);
+    uint64_t floor = d;
+    for (uint32_t i = 0; i < m->voters_count + m->learners_count; i++) {
+        uint64_t id = i < m->voters_count ? m->voters[i]
+                                          : m->learners[i - m->voters_count];
+        if (id == n->o.node_id)
+            continue;
+        uint64_t match = raft_match_of(s->r, id);
+        if (match < floor && d - match <= INBOX_NODE_RETAIN_ENTRIES_MAX)
+            floor = match;
+    }
+    return floor;
+}
+
 /* Commit the store (full sync), then release every shard's WAL prefix up to
- * what the store now holds durably, so old segments get deleted. */
+ * what the store now holds durably (and no follower still needs), so old
+ * segments get deleted. */
 static int checkpoint(struct node *n)
 {
     if (atomic_load(&n->failed) != 0)
@@ -1152,6 +1348,7 @@ static int checkpoint(struct node *n)
             continue;
         if (s->conf_floor != 0 && d >= s->conf_floor)
             d = s->conf_floor - 1u;
+        d = retain_for_followers(n, s, d);
         if (d <= s->released || wal_term(n->wal, s->id, d, &term) != 0)
             continue;
         n->rels[k].shard = s->id;
@@ -1230,6 +1427,10 @@ static int shard_start(struct node *n, struct shard *s)
         ro.heartbeat_ticks = n->o.heartbeat_ticks;
     if (n->o.uncommitted_bytes_max)
         ro.uncommitted_bytes_max = n->o.uncommitted_bytes_max;
+    /* One APPEND (and one snapshot chunk) must fit in one RAFT frame. */
+    ro.msg_bytes_max = INBOX_NODE_RAFT_MSG_BYTES_MAX;
+    if (ro.snapshot_chunk_bytes > INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX)
+        ro.snapshot_chunk_bytes = INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX;
     ro.applied = info.applied_index;
     raft_log_storage(&s->log, &ro.storage);
     ro.allocator.alloc = raft_alloc;
@@ -1315,6 +1516,9 @@ static void shards_destroy(struct node *n)
             raft_destroy(s->r);
         s->r = NULL;
         raft_log_free(&s->log);
+        free(s->parked);
+        s->parked = NULL;
+        s->parked_len = s->parked_cap = 0;
     }
 }
 
@@ -1341,14 +1545,24 @@ static void wait_for_work(struct node *n, uint64_t seen_durable, int seen_stop,
                           uint64_t wake_at_ms)
 {
     pthread_mutex_lock(&n->mu);
-    while (!n->sub_head && n->durable_lsn == seen_durable && !n->sync_err &&
-           n->stop == seen_stop && n->ckpt_asked == n->ckpt_done) {
+    while (!n->sub_head && !n->in_head && n->durable_lsn == seen_durable &&
+           !n->sync_err && n->stop == seen_stop &&
+           n->ckpt_asked == n->ckpt_done) {
         uint64_t now = mono_ms();
         if (now >= wake_at_ms)
             break;
         struct timespec ts;
         deadline_ts(&ts, wake_at_ms - now);
         pthread_cond_timedwait(&n->cv, &n->mu, &ts);
+    }
+}
+
+static void inbatches_free(struct inbatch *b)
+{
+    while (b) {
+        struct inbatch *next = b->next;
+        free(b);
+        b = next;
     }
 }
 
@@ -1371,6 +1585,9 @@ static void node_loop(struct node *n)
                       idle ? min_u64(next_tick, next_ckpt) : 0);
         struct req *list = n->sub_head;
         n->sub_head = n->sub_tail = NULL;
+        struct inbatch *in = n->in_head;
+        n->in_head = n->in_tail = NULL;
+        n->in_bytes = 0;
         uint64_t durable = n->durable_lsn;
         int sync_err = n->sync_err;
         stop = n->stop;
@@ -1380,6 +1597,7 @@ static void node_loop(struct node *n)
 
         if (stop == 2) {
             n->aborting = true;
+            inbatches_free(in);
             dispatch_requests(n, list);
             return;
         }
@@ -1387,6 +1605,10 @@ static void node_loop(struct node *n)
             node_fail(n, "wal_sync", sync_err);
         seen_durable = durable;
         complete_durable(n, durable);
+        for (struct inbatch *b = in; b; b = b->next)
+            if (atomic_load(&n->failed) == 0)
+                step_batch(n, b->data, b->len, true);
+        inbatches_free(in);
         dispatch_requests(n, list);
         uint64_t now = mono_ms();
         if (now >= next_tick) {
@@ -1405,6 +1627,7 @@ static void node_loop(struct node *n)
             }
         }
         run_ready(n);
+        outboxes_flush(n);
         if (stop == 1) {
             if (drain_until == 0)
                 drain_until = mono_ms() + INBOX_NODE_DRAIN_MS_MAX;
@@ -1496,7 +1719,7 @@ static void *sync_main(void *arg)
 
 static int metrics_build(struct node *n)
 {
-    size_t cap = 14u + 2u * n->shard_count;
+    size_t cap = 17u + 2u * n->shard_count;
     n->descs = calloc(cap, sizeof(*n->descs));
     if (!n->descs)
         return INBOX_ENOMEM;
@@ -1536,6 +1759,15 @@ static int metrics_build(struct node *n)
     d[k++] = DESC("inbox_node_checkpoint_seconds",
                   "Store checkpoint plus WAL release", METRICS_HISTOGRAM, NULL,
                   &n->m.checkpoint_us, 1e-6);
+    d[k++] = DESC("inbox_node_peer_msgs_in_total",
+                  "Raft messages received from other nodes", METRICS_COUNTER,
+                  NULL, &n->m.peer_msgs_in, 0);
+    d[k++] = DESC("inbox_node_peer_msgs_out_total",
+                  "Raft messages handed to the peer transport", METRICS_COUNTER,
+                  NULL, &n->m.peer_msgs_out, 0);
+    d[k++] = DESC("inbox_node_peer_msgs_dropped_total",
+                  "Raft messages dropped (malformed, unknown shard, bounds)",
+                  METRICS_COUNTER, NULL, &n->m.peer_msgs_dropped, 0);
     for (uint32_t i = 0; i < n->shard_count; i++)
         d[k++] =
             DESC("inbox_node_raft_role",
@@ -1570,6 +1802,13 @@ void node_options_from_config(struct node_options *o, const struct config *c)
     o->inbox_pending_messages_max = (uint32_t)c->inbox_pending_messages_max;
     o->inbox_pending_bytes_max = c->inbox_pending_bytes_max;
     o->dedup_window_ms = c->dedup_window_ms;
+    struct config_member ms[CONFIG_MEMBERS_MAX];
+    size_t mc = 0;
+    if (config_members(c, ms, &mc, NULL, 0) == 0) {
+        o->members_count = (uint32_t)mc;
+        for (size_t i = 0; i < mc; i++)
+            o->members[i] = ms[i].id;
+    }
 }
 
 static void errmsg_set(const struct node_options *o, const char *msg)
@@ -1591,6 +1830,30 @@ static int options_check(struct node_options *o, char *err, size_t err_bytes)
                   "node_id must be nonzero and shard_count in "
                   "1..%u",
                   INBOX_SHARD_COUNT_MAX);
+        return INBOX_EINVAL;
+    }
+    if (o->members_count > INBOX_RAFT_VOTERS_MAX) {
+        (void)fmt(err, err_bytes, "at most %u members", INBOX_RAFT_VOTERS_MAX);
+        return INBOX_EINVAL;
+    }
+    bool self_member = o->members_count == 0;
+    for (uint32_t i = 0; i < o->members_count; i++) {
+        if (o->members[i] == 0) {
+            (void)fmt(err, err_bytes, "member ids must be nonzero");
+            return INBOX_EINVAL;
+        }
+        for (uint32_t j = 0; j < i; j++)
+            if (o->members[j] == o->members[i]) {
+                (void)fmt(err, err_bytes, "member %llu listed twice",
+                          (unsigned long long)o->members[i]);
+                return INBOX_EINVAL;
+            }
+        self_member |= o->members[i] == o->node_id;
+    }
+    if (!self_member) {
+        (void)fmt(err, err_bytes,
+                  "node %llu is not among the bootstrap members",
+                  (unsigned long long)o->node_id);
         return INBOX_EINVAL;
     }
     if (!o->tick_interval_ms)
@@ -1618,16 +1881,23 @@ static int identity(struct node *n, char *err, size_t err_bytes)
         memset(&m, 0, sizeof(m));
         m.node_id = n->o.node_id;
         m.shard_count = n->o.shard_count;
-        m.voters_count = 1;
-        m.voters[0] = n->o.node_id;
+        if (n->o.members_count == 0) {
+            m.voters_count = 1;
+            m.voters[0] = n->o.node_id;
+        } else {
+            m.voters_count = n->o.members_count;
+            memcpy(m.voters, n->o.members,
+                   n->o.members_count * sizeof(m.voters[0]));
+        }
         rc = node_meta_write(n->data_dir, &m);
         if (rc != 0) {
             (void)fmt(err, err_bytes, "%s/%s: cannot write: %s", n->data_dir,
                       NODE_META_FILE, inbox_strerror(rc));
             return rc;
         }
-        log_info("node", "new node: identity written", "node=%llu shards=%u",
-                 (unsigned long long)m.node_id, m.shard_count);
+        log_info("node", "new node: identity written",
+                 "node=%llu shards=%u voters=%u", (unsigned long long)m.node_id,
+                 m.shard_count, m.voters_count);
     } else if (rc != 0) {
         (void)fmt(err, err_bytes, "%s/%s: unreadable: %s", n->data_dir,
                   NODE_META_FILE, inbox_strerror(rc));
@@ -1665,9 +1935,10 @@ static int alloc_buffers(struct node *n)
     n->tmp_refs = calloc(INBOX_SEEN_GET_INBOXES_MAX, sizeof(*n->tmp_refs));
     n->tmp_seen = calloc(INBOX_SEEN_GET_INBOXES_MAX, sizeof(*n->tmp_seen));
     n->fetch_buf = calloc(INBOX_FETCH_MESSAGES_MAX, sizeof(*n->fetch_buf));
+    n->wire_ents = calloc(INBOX_RAFT_MSG_ENTRIES_MAX, sizeof(*n->wire_ents));
     if (!n->shards || !n->dirty || !n->dirty_scratch || !n->waiting ||
         !n->rels || !n->cmd_buf || !n->tmp_targets || !n->tmp_refs ||
-        !n->tmp_seen || !n->fetch_buf)
+        !n->tmp_seen || !n->fetch_buf || !n->wire_ents)
         return INBOX_ENOMEM;
     for (uint32_t i = 0; i < sc; i++) {
         n->shards[i].id = i;
@@ -1696,6 +1967,14 @@ static void node_free(struct node *n)
     free(n->arena);
     free(n->sents);
     free(n->descs);
+    free(n->wire_ents);
+    for (size_t i = 0; i < NODE_OUTBOXES_MAX; i++)
+        free(n->outs[i].buf);
+    while (n->in_head) {
+        struct inbatch *b = n->in_head;
+        n->in_head = b->next;
+        free(b);
+    }
     pthread_cond_destroy(&n->cv);
     pthread_cond_destroy(&n->sync_cv);
     pthread_cond_destroy(&n->ctl_cv);
@@ -1844,6 +2123,41 @@ int node_checkpoint(struct node *n)
     int rc = n->ckpt_done >= ticket ? n->ckpt_rc : INBOX_ESHUTDOWN;
     pthread_mutex_unlock(&n->mu);
     return rc;
+}
+
+int node_receive(struct node *n, const uint8_t *batch, size_t len)
+{
+    if (len == 0 || len > INBOX_RAFT_BATCH_BYTES_MAX)
+        return INBOX_ERANGE;
+    if (!atomic_load(&n->accepting))
+        return INBOX_ESHUTDOWN;
+    struct inbatch *b = malloc(sizeof(*b) + len);
+    if (!b)
+        return INBOX_ENOMEM;
+    b->next = NULL;
+    b->len = len;
+    memcpy(b->data, batch, len);
+    pthread_mutex_lock(&n->mu);
+    if (n->stop != 0) {
+        pthread_mutex_unlock(&n->mu);
+        free(b);
+        return INBOX_ESHUTDOWN;
+    }
+    if (n->in_bytes + len > INBOX_NODE_PEER_IN_BYTES_MAX) {
+        pthread_mutex_unlock(&n->mu);
+        free(b);
+        metrics_counter_add(&n->m.peer_msgs_dropped, 1);
+        return INBOX_EBUSY;
+    }
+    n->in_bytes += len;
+    if (n->in_tail)
+        n->in_tail->next = b;
+    else
+        n->in_head = b;
+    n->in_tail = b;
+    pthread_cond_signal(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+    return 0;
 }
 
 /* ---- submission --------------------------------------------------------- */

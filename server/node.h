@@ -57,6 +57,14 @@ typedef void (*node_enqueue_applied_cb)(void *arg, uint32_t shard,
                                         const uint8_t *inbox, size_t inbox_len,
                                         uint64_t last_seq);
 
+/* Called on the node thread with encoded Raft messages (raft/wire.h, one
+ * or more whole messages, at most INBOX_RAFT_BATCH_BYTES_MAX bytes) for
+ * node `to`: the peer transport's hand-off. The bytes are valid during the
+ * call only; it must not block (a full queue drops them: Raft tolerates
+ * message loss). */
+typedef void (*node_send_cb)(void *arg, uint64_t to, const uint8_t *bytes,
+                             size_t len);
+
 struct node_options {
     const char *data_dir; /* must exist; copied */
     uint64_t node_id;     /* nonzero */
@@ -79,6 +87,15 @@ struct node_options {
     /* Requests in flight past which new ones are refused with INBOX_EBUSY;
      * 0 or more than INBOX_NODE_REQUESTS_MAX = INBOX_NODE_REQUESTS_MAX. */
     uint32_t requests_max;
+    /* The voters every shard's Raft group starts with, used only when the
+     * data directory is new (then recorded in DATA/node.meta; later
+     * starts use the recorded ones). 0 members = this node alone. When
+     * given, node_id must be one of them. */
+    uint32_t members_count;
+    uint64_t members[INBOX_RAFT_VOTERS_MAX];
+    /* Where messages to other nodes go (NULL: dropped, single node). */
+    node_send_cb send;
+    void *send_arg;
     /* Optional hook, see node_enqueue_applied_cb. */
     node_enqueue_applied_cb enqueue_applied;
     void *enqueue_applied_arg;
@@ -184,6 +201,17 @@ int node_seen_get(struct node *n, const struct node_inbox *inboxes,
                   size_t count, node_done_cb done, void *arg);
 int node_inbox_info(struct node *n, const uint8_t *inbox, size_t inbox_len,
                     node_done_cb done, void *arg);
+
+/* ---- peers -------------------------------------------------------------- */
+
+/* Any thread (the transport's loop): a batch of Raft messages received from
+ * another node (raft/wire.h encoding, 1..INBOX_RAFT_BATCH_BYTES_MAX bytes),
+ * copied and queued for the node thread, which steps each message into its
+ * shard's group. Malformed messages and messages for unknown shards are
+ * dropped there and counted. Returns 0; INBOX_EBUSY when more than
+ * INBOX_NODE_PEER_IN_BYTES_MAX bytes wait (dropped: Raft resends);
+ * INBOX_ESHUTDOWN; INBOX_ERANGE for an empty or oversized batch. */
+int node_receive(struct node *n, const uint8_t *batch, size_t len);
 
 /* ---- status and metrics (any thread, no waiting) ------------------------ */
 

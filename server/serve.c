@@ -90,6 +90,8 @@ struct conn_watches {
 struct serve {
     struct serve_options o;
     char advertise[INBOX_NODE_ADDR_BYTES_MAX + 1];
+    struct config_member members[CONFIG_MEMBERS_MAX];
+    size_t members_count;
     struct node *node;
     struct transport *t;
     uint64_t started_ms;
@@ -179,6 +181,44 @@ static void respond_error(struct transport_req *req, int rc)
     transport_respond_error(req, rc, inbox_strerror(rc));
 }
 
+/* The address clients reach node id at ("" if unknown). */
+static const char *member_addr(const struct serve *sv, uint64_t id)
+{
+    if (id == sv->o.node_id)
+        return sv->advertise;
+    for (size_t i = 0; i < sv->members_count; i++)
+        if (sv->members[i].id == id)
+            return sv->members[i].addr;
+    return "";
+}
+
+/* A node completion's error. NOT_LEADER names the shard's leader and its
+ * address in the detail (docs/protocol.md §5), so the client goes
+ * straight there. */
+static void respond_node_error(struct transport_req *req,
+                               const struct node_result *res)
+{
+    if (res->rc != INBOX_ENOT_LEADER) {
+        respond_error(req, res->rc);
+        return;
+    }
+    const struct serve *sv = transport_req_arg(req);
+    const char *addr = member_addr(sv, res->leader);
+    struct inbox_bytes a = {(const uint8_t *)addr, (uint32_t)strlen(addr)};
+    struct inbox_msg r;
+    memset(&r, 0, sizeof r);
+    r.hdr.flags = INBOX_FLAG_ERROR;
+    r.body.error.code = (uint16_t)-INBOX_ENOT_LEADER;
+    const char *msg = inbox_strerror(INBOX_ENOT_LEADER);
+    r.body.error.message =
+        (struct inbox_bytes){(const uint8_t *)msg, (uint32_t)strlen(msg)};
+    r.body.error.shard = res->shard;
+    r.body.error.leader.node_id = a.len > 0 ? res->leader : 0;
+    r.body.error.leader.addrs_count = a.len > 0 ? 1 : 0;
+    r.body.error.leader.addrs = &a;
+    transport_respond(req, &r);
+}
+
 /* A node call refused at submission (its completion will not run). */
 static void refused(struct transport_req *req, int rc)
 {
@@ -220,7 +260,7 @@ static void fetch_done(void *arg, const struct node_result *res)
     struct fetch *f = arg;
     struct serve *sv = f->sv;
     if (res->rc != 0) {
-        respond_error(f->req, res->rc);
+        respond_node_error(f->req, res);
         free(f);
         return;
     }
@@ -564,7 +604,7 @@ static void enqueue_done(void *arg, const struct node_result *res)
 {
     struct transport_req *req = arg;
     if (res->rc != 0) {
-        respond_error(req, res->rc);
+        respond_node_error(req, res);
         return;
     }
     struct inbox_msg r;
@@ -602,7 +642,7 @@ static void write_done(void *arg, const struct node_result *res)
 {
     struct transport_req *req = arg;
     if (res->rc != 0) {
-        respond_error(req, res->rc);
+        respond_node_error(req, res);
         return;
     }
     struct inbox_msg r;
@@ -731,15 +771,27 @@ static void do_route(struct serve *sv, struct transport_req *req)
         struct node_shard_status s;
         leaders[i] = node_status(sv->node, i, &s) == 0 ? s.leader : 0;
     }
-    struct inbox_bytes addr = {(const uint8_t *)sv->advertise,
-                               (uint32_t)strlen(sv->advertise)};
-    struct inbox_node self = {sv->o.node_id, 1, &addr, {0}};
+    struct inbox_bytes addrs[CONFIG_MEMBERS_MAX];
+    struct inbox_node nodes[CONFIG_MEMBERS_MAX];
+    size_t count = 0;
+    if (sv->members_count == 0) {
+        addrs[0] = (struct inbox_bytes){(const uint8_t *)sv->advertise,
+                                        (uint32_t)strlen(sv->advertise)};
+        nodes[0] = (struct inbox_node){sv->o.node_id, 1, &addrs[0], {0}};
+        count = 1;
+    }
+    for (size_t i = 0; i < sv->members_count; i++, count++) {
+        const char *a = member_addr(sv, sv->members[i].id);
+        addrs[i] =
+            (struct inbox_bytes){(const uint8_t *)a, (uint32_t)strlen(a)};
+        nodes[i] = (struct inbox_node){sv->members[i].id, 1, &addrs[i], {0}};
+    }
     struct inbox_msg r;
     memset(&r, 0, sizeof r);
     r.body.route_resp.epoch = 1;
     r.body.route_resp.hash = INBOX_HASH_XXH3_64;
-    r.body.route_resp.nodes_count = 1;
-    r.body.route_resp.nodes = &self;
+    r.body.route_resp.nodes_count = (uint16_t)count;
+    r.body.route_resp.nodes = nodes;
     r.body.route_resp.shard_count = n;
     r.body.route_resp.leaders = leaders;
     transport_respond(req, &r);
@@ -843,6 +895,20 @@ void serve_on_request(void *arg, struct transport_req *req,
     case INBOX_OP_SNAPSHOT:
         do_snapshot(sv, req);
         return;
+    case INBOX_OP_RAFT: {
+        /* Queued for the node thread; the answer only frees the sender's
+         * in-flight slot. A full queue drops the batch (Raft resends). */
+        const struct inbox_bytes *b = &msg->body.raft_req.batch;
+        rc = node_receive(sv->node, b->ptr, b->len);
+        if (rc != 0) {
+            refused(req, rc);
+            return;
+        }
+        struct inbox_msg r;
+        memset(&r, 0, sizeof r);
+        transport_respond(req, &r);
+        return;
+    }
     default:
         /* ADD_NODE, REMOVE_NODE, TRANSFER_LEADER, MOVE_REPLICA: membership
          * arrives with replication. */
@@ -867,6 +933,14 @@ int serve_new(const struct serve_options *o, struct serve **out)
     sv->o = *o;
     snprintf(sv->advertise, sizeof sv->advertise, "%s", o->advertise);
     sv->o.advertise = sv->advertise;
+    if (o->members_count > CONFIG_MEMBERS_MAX) {
+        free(sv);
+        return INBOX_EINVAL;
+    }
+    for (size_t i = 0; i < o->members_count; i++)
+        sv->members[i] = o->members[i];
+    sv->members_count = o->members_count;
+    sv->o.members = NULL;
     sv->started_ms = mono_ms();
     sv->waiters.next = sv->waiters.prev = &sv->waiters;
     pthread_mutex_init(&sv->mu, NULL);

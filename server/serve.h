@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "config.h"
 #include "net/codec.h"
 #include "net/transport.h"
 
@@ -34,6 +35,11 @@ struct serve_options {
     uint64_t node_id;
     const char *advertise;   /* "host:port" clients reach this node at */
     uint64_t default_ttl_ms; /* for ENQUEUE ttl_ms 0; 0 = never expires */
+    /* The cluster's nodes and their addresses (copied), for ROUTE and for
+     * the leader named in NOT_LEADER; none: this node alone, at
+     * advertise. */
+    const struct config_member *members;
+    size_t members_count;
 };
 
 /* Create the service; attach the node and transport with serve_attach

@@ -218,10 +218,32 @@ _Static_assert(INBOX_CLIENT_STAGE_BYTES_MIN <=
 #define INBOX_NODE_CHECKPOINT_MS_MAX (3600u * 1000u)
 /* A graceful close waits at most this long for requests in flight. */
 #define INBOX_NODE_DRAIN_MS_MAX 10000u
+/* Raft batches received from peers and not yet stepped; past it a batch
+ * is dropped (Raft resends). Per shard: messages parked while the shard is
+ * in a ready cycle. */
+#define INBOX_NODE_PEER_IN_BYTES_MAX (64u * INBOX_MIB)
+#define INBOX_NODE_PARKED_BYTES_MAX (8u * INBOX_MIB)
+/* Entry bytes per APPEND a node sends, so one message with its framing
+ * (raft/wire.h: under 64 bytes of header per message and 32 per entry)
+ * fits in one RAFT frame. */
+#define INBOX_NODE_RAFT_MSG_BYTES_MAX (1u * INBOX_MIB)
+/* A leader keeps this many WAL entries past its slowest follower's match
+ * index before releasing them anyway (the follower then needs a
+ * snapshot). */
+#define INBOX_NODE_RETAIN_ENTRIES_MAX 262144u
 _Static_assert(INBOX_NODE_REQUEST_BYTES_MAX >= 2u * INBOX_COMMAND_BYTES_MAX,
                "a node must accept at least a couple of the largest requests");
 
 /* ---- relations ---------------------------------------------------------- */
+_Static_assert(INBOX_COMMAND_BYTES_MAX <= INBOX_NODE_RAFT_MSG_BYTES_MAX,
+               "a command must fit in one APPEND between nodes");
+_Static_assert(INBOX_NODE_RAFT_MSG_BYTES_MAX + 128u +
+                       32u * INBOX_RAFT_MSG_ENTRIES_MAX <=
+                   INBOX_RAFT_BATCH_BYTES_MAX,
+               "a full APPEND must fit in one RAFT frame");
+_Static_assert(INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX + 256u <=
+                   INBOX_RAFT_BATCH_BYTES_MAX,
+               "a snapshot chunk must fit in one RAFT frame");
 _Static_assert(INBOX_COMMAND_BYTES_MAX <= INBOX_WAL_RECORD_PAYLOAD_BYTES_MAX,
                "a command must fit in one WAL record");
 _Static_assert(INBOX_COMMAND_BYTES_MAX <= INBOX_FRAME_BODY_BYTES_MAX,

@@ -3,7 +3,8 @@
  * WAL and the store. Round trips across shards, gapless seqs under
  * concurrent submitters, dedup, ack bounds, restart after a graceful close,
  * crash (no checkpoint) and replay, WAL release by checkpoints, identity
- * checks, and an injected WAL failure (tests/lib's fault vfs).
+ * checks, an injected WAL failure (tests/lib's fault vfs), and three
+ * nodes in one process replicating, failing over and catching up.
  *
  * Scratch directories are made in the working directory (the build tree).
  */
@@ -1087,6 +1088,260 @@ static void test_close_with_inflight(void **state)
 }
 
 /* docs/protocol.md's routing vectors. */
+/* ---- three nodes in one process ------------------------------------------
+ * The nodes' send hooks deliver straight into each other's node_receive,
+ * through a table that can kill a node or cut links, so replication,
+ * failover and catch-up run without sockets. */
+
+#define CL_NODES 3u
+
+struct cluster;
+
+struct cl_link {
+    struct cluster *cl;
+    uint64_t from;
+};
+
+struct cluster {
+    pthread_mutex_t mu;
+    struct node *live[CL_NODES + 1u]; /* by node id; NULL = down */
+    bool cut[CL_NODES + 1u][CL_NODES + 1u];
+    struct fixture *f[CL_NODES + 1u];
+    struct cl_link links[CL_NODES + 1u];
+};
+
+static void cl_send(void *arg, uint64_t to, const uint8_t *bytes, size_t len)
+{
+    struct cl_link *l = arg;
+    struct cluster *cl = l->cl;
+    pthread_mutex_lock(&cl->mu);
+    if (to >= 1 && to <= CL_NODES && cl->live[to] && !cl->cut[l->from][to])
+        (void)node_receive(cl->live[to], bytes, len);
+    pthread_mutex_unlock(&cl->mu);
+}
+
+static void cl_open(struct cluster *cl, uint64_t id)
+{
+    fixture_open(cl->f[id]);
+    pthread_mutex_lock(&cl->mu);
+    cl->live[id] = cl->f[id]->n;
+    pthread_mutex_unlock(&cl->mu);
+}
+
+/* Crash node id: off the table first, so nobody delivers into it. */
+static void cl_crash(struct cluster *cl, uint64_t id)
+{
+    pthread_mutex_lock(&cl->mu);
+    cl->live[id] = NULL;
+    pthread_mutex_unlock(&cl->mu);
+    node_abort_for_test(cl->f[id]->n);
+    cl->f[id]->n = NULL;
+}
+
+static void cl_isolate(struct cluster *cl, uint64_t id, bool cut)
+{
+    pthread_mutex_lock(&cl->mu);
+    for (uint64_t o = 1; o <= CL_NODES; o++)
+        if (o != id)
+            cl->cut[id][o] = cl->cut[o][id] = cut;
+    pthread_mutex_unlock(&cl->mu);
+}
+
+static struct cluster *cl_new(uint32_t shards)
+{
+    struct cluster *cl = calloc(1, sizeof(*cl));
+    assert_non_null(cl);
+    pthread_mutex_init(&cl->mu, NULL);
+    for (uint64_t id = 1; id <= CL_NODES; id++) {
+        struct fixture *f = fixture_new(shards);
+        f->o.node_id = id;
+        f->o.members_count = CL_NODES;
+        for (uint32_t i = 0; i < CL_NODES; i++)
+            f->o.members[i] = i + 1u;
+        cl->links[id] = (struct cl_link){cl, id};
+        f->o.send = cl_send;
+        f->o.send_arg = &cl->links[id];
+        cl->f[id] = f;
+    }
+    for (uint64_t id = 1; id <= CL_NODES; id++)
+        cl_open(cl, id);
+    return cl;
+}
+
+static void cl_free(struct cluster *cl)
+{
+    for (uint64_t id = 1; id <= CL_NODES; id++) {
+        pthread_mutex_lock(&cl->mu);
+        cl->live[id] = NULL;
+        pthread_mutex_unlock(&cl->mu);
+        fixture_free(cl->f[id]);
+    }
+    pthread_mutex_destroy(&cl->mu);
+    free(cl);
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000u, (long)(ms % 1000u) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The node leading `shard` among the live ones, once exactly one live node
+ * says it leads and every other live node agrees (bounded wait). */
+static uint64_t cl_leader(struct cluster *cl, uint32_t shard)
+{
+    for (int tries = 0; tries < 1000; tries++) {
+        uint64_t leader = 0, agree = 0, live = 0;
+        for (uint64_t id = 1; id <= CL_NODES; id++) {
+            struct node *n = cl->f[id]->n;
+            if (!n)
+                continue;
+            live++;
+            struct node_shard_status st;
+            assert_int_equal(node_status(n, shard, &st), 0);
+            if (st.role == 3 /* RAFT_LEADER */)
+                leader = leader ? UINT64_MAX : id;
+            if (st.leader != 0)
+                agree += st.leader;
+        }
+        if (leader != 0 && leader != UINT64_MAX && agree == leader * live)
+            return leader;
+        sleep_ms(10);
+    }
+    fail_msg("no leader for shard %u", shard);
+    return 0;
+}
+
+/* Wait until every live node applied at least `index` of shard. */
+static void cl_wait_applied(struct cluster *cl, uint32_t shard, uint64_t index)
+{
+    for (int tries = 0; tries < 1000; tries++) {
+        bool all = true;
+        for (uint64_t id = 1; id <= CL_NODES; id++) {
+            struct node_shard_status st;
+            if (cl->f[id]->n && (node_status(cl->f[id]->n, shard, &st) != 0 ||
+                                 st.applied < index))
+                all = false;
+        }
+        if (all)
+            return;
+        sleep_ms(10);
+    }
+    fail_msg("shard %u never applied %llu everywhere", shard,
+             (unsigned long long)index);
+}
+
+static void expect_inbox(struct fixture *f, const char *inbox, uint64_t count)
+{
+    struct outcome *o = fetch(f, inbox, 0);
+    assert_int_equal(o->rc, 0);
+    assert_int_equal(o->count, count);
+    for (uint64_t i = 0; i < count; i++) {
+        char p[24];
+        snprintf(p, sizeof(p), "r%llu", (unsigned long long)i + 1u);
+        assert_int_equal(o->seqs[i], i + 1u);
+        assert_memory_equal(o->payloads[i], p, strlen(p));
+    }
+}
+
+static void enqueue_n(struct fixture *f, const char *inbox, uint64_t from,
+                      uint64_t to)
+{
+    for (uint64_t k = from; k <= to; k++) {
+        char p[24];
+        snprintf(p, sizeof(p), "r%llu", (unsigned long long)k);
+        struct outcome *o = enqueue(f, inbox, k, p);
+        assert_int_equal(o->rc, 0);
+        assert_int_equal(o->seq, k);
+    }
+}
+
+static void test_three_nodes_replicate_and_fail_over(void **state)
+{
+    (void)state;
+    struct cluster *cl = cl_new(4);
+    const char *inbox = "alice";
+    uint32_t shard = node_shard_of(cl->f[1]->n, key(inbox), strlen(inbox));
+    uint64_t l1 = cl_leader(cl, shard);
+
+    /* A follower refuses writes and names the leader. */
+    uint64_t other = l1 % CL_NODES + 1u;
+    struct outcome *o = enqueue(cl->f[other], inbox, 99, "x");
+    assert_int_equal(o->rc, INBOX_ENOT_LEADER);
+    assert_int_equal(o->leader, l1);
+    o = fetch(cl->f[other], inbox, 0);
+    assert_int_equal(o->rc, INBOX_ENOT_LEADER);
+
+    enqueue_n(cl->f[l1], inbox, 1, 20);
+    struct node_shard_status st;
+    assert_int_equal(node_status(cl->f[l1]->n, shard, &st), 0);
+    cl_wait_applied(cl, shard, st.commit);
+    assert_true(counter_of(cl->f[l1]->n, "inbox_node_peer_msgs_out_total") > 0);
+
+    /* The leader crashes: another takes over with every acknowledged
+     * message, and writes go on. */
+    cl_crash(cl, l1);
+    uint64_t l2 = cl_leader(cl, shard);
+    assert_true(l2 != l1);
+    expect_inbox(cl->f[l2], inbox, 20);
+    enqueue_n(cl->f[l2], inbox, 21, 30);
+
+    /* The old leader comes back, catches up from the log, and once the
+     * second leader crashes too it serves all 30 with the third node. */
+    cl_open(cl, l1);
+    assert_int_equal(node_status(cl->f[l2]->n, shard, &st), 0);
+    cl_wait_applied(cl, shard, st.commit);
+    cl_crash(cl, l2);
+    uint64_t l3 = cl_leader(cl, shard);
+    assert_true(l3 != l2);
+    expect_inbox(cl->f[l3], inbox, 30);
+    cl_open(cl, l2);
+    cl_free(cl);
+}
+
+static void test_isolated_leader_cannot_commit(void **state)
+{
+    (void)state;
+    struct cluster *cl = cl_new(2);
+    const char *inbox = "bob";
+    uint32_t shard = node_shard_of(cl->f[1]->n, key(inbox), strlen(inbox));
+    uint64_t l1 = cl_leader(cl, shard);
+    enqueue_n(cl->f[l1], inbox, 1, 3);
+
+    /* Cut the leader off; a write it takes can never be acknowledged. */
+    cl_isolate(cl, l1, true);
+    struct waiter w;
+    waiter_init(&w);
+    uint8_t mid[INBOX_MSG_ID_BYTES];
+    msg_id_of(mid, 1000, 0x1d);
+    int rc = node_enqueue(cl->f[l1]->n, key(inbox), strlen(inbox), mid, 0,
+                          "lost", 4, waiter_done, &w);
+    /* The majority elects a new leader and goes on. */
+    struct fixture *maj = NULL;
+    uint64_t l2 = 0;
+    for (int tries = 0; tries < 1000 && l2 == 0; tries++) {
+        for (uint64_t id = 1; id <= CL_NODES; id++) {
+            struct node_shard_status st;
+            if (id != l1 && node_status(cl->f[id]->n, shard, &st) == 0 &&
+                st.role == 3)
+                l2 = id;
+        }
+        sleep_ms(10);
+    }
+    assert_true(l2 != 0 && l2 != l1);
+    maj = cl->f[l2];
+    enqueue_n(maj, inbox, 4, 6);
+    /* Heal: the old leader learns the new term; its write is dropped, not
+     * acknowledged, and it never shows up. */
+    cl_isolate(cl, l1, false);
+    struct outcome *lost = waiter_wait(&w, rc);
+    assert_true(lost->rc != 0);
+    waiter_destroy(&w);
+    assert_int_equal(cl_leader(cl, shard), l2);
+    expect_inbox(maj, inbox, 6);
+    cl_free(cl);
+}
+
 static void test_routing_vectors(void **state)
 {
     (void)state;
@@ -1205,6 +1460,8 @@ int main(void)
         cmocka_unit_test(test_power_loss_under_load),
         cmocka_unit_test(test_power_loss_after_checkpoint),
         cmocka_unit_test(test_close_with_inflight),
+        cmocka_unit_test(test_three_nodes_replicate_and_fail_over),
+        cmocka_unit_test(test_isolated_leader_cannot_commit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
