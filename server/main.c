@@ -27,6 +27,7 @@
 #include "metrics.h"
 #include "net/cert.h"
 #include "net/http_metrics.h"
+#include "net/peer.h"
 #include "net/tls.h"
 #include "net/transport.h"
 #include "node.h"
@@ -44,6 +45,8 @@ struct inboxd {
     struct transport *transport;
     struct http_metrics *http;
     struct tls_ctx *tls;
+    struct tls_ctx *peer_tls; /* client side, for links to other nodes */
+    struct peers *peers;      /* NULL for a node alone */
     uv_signal_t sigterm, sigint;
     uv_timer_t stop_poll;
     int stopping;
@@ -101,6 +104,17 @@ static int ensure_certificates(struct config *c, const char *listen_host)
     }
     if (file_exists(c->tls_ca))
         return 0;
+    struct config_member ms[CONFIG_MEMBERS_MAX];
+    size_t mc = 0;
+    if (config_members(c, ms, &mc, NULL, 0) == 0 && mc > 1) {
+        /* A CA of its own would trust nobody else in the cluster. */
+        log_error("server",
+                  "a cluster needs certificates from one CA: make them with "
+                  "`inboxctl cert ca` and `inboxctl cert node` and give "
+                  "tls.ca, tls.cert and tls.key",
+                  "members=%zu", mc);
+        return INBOX_EINVAL;
+    }
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         return -errno;
     char msg[INBOX_TLS_ERRMSG_BYTES] = "";
@@ -147,6 +161,13 @@ static size_t render_metrics(void *arg, char *buf, size_t buf_bytes)
     size_t at = need < buf_bytes ? need : buf_bytes;
     need += metrics_render(buf_bytes > at ? buf + at : NULL,
                            buf_bytes > at ? buf_bytes - at : 0, td, tn);
+    if (d->peers != NULL) {
+        size_t pn = 0;
+        const struct metrics_desc *pd = peer_metrics(d->peers, &pn);
+        at = need < buf_bytes ? need : buf_bytes;
+        need += metrics_render(buf_bytes > at ? buf + at : NULL,
+                               buf_bytes > at ? buf_bytes - at : 0, pd, pn);
+    }
     return need;
 }
 
@@ -156,7 +177,8 @@ static void stop_poll_cb(uv_timer_t *t)
 {
     struct inboxd *d = t->data;
     if (!transport_stopped(d->transport) ||
-        (d->http != NULL && !http_metrics_stopped(d->http)))
+        (d->http != NULL && !http_metrics_stopped(d->http)) ||
+        (d->peers != NULL && !peer_stopped(d->peers)))
         return;
     uv_timer_stop(t);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
@@ -178,6 +200,8 @@ static void on_signal(uv_signal_t *s, int signum)
     transport_stop(d->transport, SHUTDOWN_DRAIN_MS);
     if (d->http != NULL)
         http_metrics_stop(d->http);
+    if (d->peers != NULL)
+        peer_stop(d->peers);
     uv_timer_init(&d->loop, &d->stop_poll);
     d->stop_poll.data = d;
     uv_timer_start(&d->stop_poll, stop_poll_cb, 20, 20);
@@ -210,6 +234,47 @@ static int load_config(struct config *c, int argc, char **argv)
         return 2;
     }
     return -1; /* carry on */
+}
+
+/* The node thread's send hook: queue the bytes on the link to `to`. A full
+ * queue or a link in backoff drops them, which Raft tolerates. */
+static void send_to_peer(void *arg, uint64_t to, const uint8_t *bytes,
+                         size_t len)
+{
+    struct inboxd *d = arg;
+    (void)peer_send(d->peers, to, bytes, len);
+}
+
+/* Links to the other members (before the node opens: it may send at once).
+ * The links present this node's certificate as a client. */
+static int start_peers(struct inboxd *d, const struct config_member *members,
+                       size_t members_count)
+{
+    if (members_count <= 1)
+        return 0;
+    char tlserr[INBOX_TLS_ERRMSG_BYTES] = "";
+    struct tls_ctx_config tcfg = {.side = TLS_SIDE_CLIENT,
+                                  .ca_path = d->cfg.tls_ca,
+                                  .cert_path = d->cfg.tls_cert,
+                                  .key_path = d->cfg.tls_key};
+    int rc = tls_ctx_new(&tcfg, &d->peer_tls, tlserr, sizeof tlserr);
+    if (rc != 0) {
+        log_error("server", "cannot load TLS files for peer links", "err=%s %s",
+                  inbox_err_name(rc), tlserr);
+        return rc;
+    }
+    struct peer_config pc = {
+        .loop = &d->loop, .tls = d->peer_tls, .self_id = d->cfg.node_id};
+    rc = peer_new(&pc, &d->peers);
+    for (size_t i = 0; rc == 0 && i < members_count; i++) {
+        if (members[i].id == d->cfg.node_id)
+            continue;
+        rc = peer_set_addr(d->peers, members[i].id, members[i].addr);
+        if (rc != 0)
+            log_error("server", "bad peer address", "node=%" PRIu64 " addr=%s",
+                      members[i].id, members[i].addr);
+    }
+    return rc;
 }
 
 static int start_listeners(struct inboxd *d, const char *host, uint16_t port)
@@ -275,13 +340,32 @@ int main(int argc, char **argv)
         return 1;
 
     uv_loop_init(&d.loop);
+    struct config_member members[CONFIG_MEMBERS_MAX];
+    size_t members_count = 0;
+    (void)config_members(&d.cfg, members, &members_count, NULL, 0);
     struct serve_options so = {.loop = &d.loop,
                                .node_id = d.cfg.node_id,
                                .advertise = d.cfg.advertise[0] ? d.cfg.advertise
                                                                : d.cfg.listen,
-                               .default_ttl_ms = d.cfg.default_ttl_ms};
+                               .default_ttl_ms = d.cfg.default_ttl_ms,
+                               .members = members,
+                               .members_count = members_count};
     if (serve_new(&so, &d.serve) != 0)
         return 1;
+
+    char tlserr[INBOX_TLS_ERRMSG_BYTES] = "";
+    struct tls_ctx_config tcfg = {.side = TLS_SIDE_SERVER,
+                                  .ca_path = d.cfg.tls_ca,
+                                  .cert_path = d.cfg.tls_cert,
+                                  .key_path = d.cfg.tls_key};
+    int rc = tls_ctx_new(&tcfg, &d.tls, tlserr, sizeof tlserr);
+    if (rc != 0) {
+        log_error("server", "cannot load TLS files", "err=%s %s",
+                  inbox_err_name(rc), tlserr);
+        return 2;
+    }
+    if (start_peers(&d, members, members_count) != 0)
+        return 2;
 
     char err[NODE_ERRMSG_BYTES] = "";
     struct node_options no;
@@ -290,25 +374,17 @@ int main(int argc, char **argv)
     no.enqueue_applied_arg = d.serve;
     no.errmsg = err;
     no.errmsg_bytes = sizeof err;
-    int rc = node_open(&no, &d.node);
+    if (d.peers != NULL) {
+        no.send = send_to_peer;
+        no.send_arg = &d;
+    }
+    rc = node_open(&no, &d.node);
     if (rc != 0) {
         log_error("server", "cannot open the node", "dir=%s err=%s (%s) %s",
                   d.cfg.data_dir, inbox_err_name(rc), inbox_strerror(rc), err);
         return rc == INBOX_EINVAL ? 2 : 1;
     }
 
-    char tlserr[INBOX_TLS_ERRMSG_BYTES] = "";
-    struct tls_ctx_config tcfg = {.side = TLS_SIDE_SERVER,
-                                  .ca_path = d.cfg.tls_ca,
-                                  .cert_path = d.cfg.tls_cert,
-                                  .key_path = d.cfg.tls_key};
-    rc = tls_ctx_new(&tcfg, &d.tls, tlserr, sizeof tlserr);
-    if (rc != 0) {
-        log_error("server", "cannot load TLS files", "err=%s %s",
-                  inbox_err_name(rc), tlserr);
-        node_close(d.node);
-        return 2;
-    }
     if (start_listeners(&d, host, port) != 0) {
         node_close(d.node);
         return 1;
@@ -320,10 +396,10 @@ int main(int argc, char **argv)
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     log_info("server", "inboxd ready",
              "node=%" PRIu64 " listen=%s:%u metrics=%s shards=%" PRIu64
-             " data=%s ca=%s",
+             " members=%zu data=%s ca=%s",
              d.cfg.node_id, host, (unsigned)transport_port(d.transport),
              d.cfg.metrics[0] ? d.cfg.metrics : "off", d.cfg.shard_count,
-             d.cfg.data_dir, d.cfg.tls_ca);
+             members_count ? members_count : 1u, d.cfg.data_dir, d.cfg.tls_ca);
 
     uv_run(&d.loop, UV_RUN_DEFAULT);
 
@@ -337,6 +413,8 @@ int main(int argc, char **argv)
     if (d.http != NULL)
         http_metrics_free(d.http);
     uv_run(&d.loop, UV_RUN_DEFAULT); /* close the service's timer */
+    peer_free(d.peers);
+    tls_ctx_free(d.peer_tls);
     tls_ctx_free(d.tls);
     uv_loop_close(&d.loop);
     log_info("server", "inboxd stopped", "storage=%s",

@@ -135,6 +135,8 @@ struct req {
     int rc;
     uint64_t leader;
     size_t bytes;
+    bool stale_ok; /* reads: a follower may serve from its own state */
+    bool stale;    /* some part was served by a follower */
     /* arguments (copied) */
     uint64_t ttl_ms;
     uint64_t u64; /* after_seq, ack seq or seen ts */
@@ -389,6 +391,7 @@ static void req_complete(struct node *n, struct req *q)
     res.rc = q->rc;
     res.shard = q->parts[0].shard;
     res.leader = q->leader;
+    res.stale = q->stale;
     switch (q->kind) {
     case REQ_ENQUEUE:
         res.seq = q->seq;
@@ -609,8 +612,14 @@ static void shard_dispatch(struct node *n, struct shard *s, struct part *p)
             read_after_failure(n, s, p);
         return;
     }
-    if (s->in_ready) {
+    if (s->in_ready && !(p->req->stale_ok && !write)) {
         pq_push(&s->incoming, p);
+        return;
+    }
+    if (!write && p->req->stale_ok && raft_role(s->r) != RAFT_LEADER) {
+        /* A follower read: this node's applied state, possibly behind. */
+        p->req->stale = true;
+        serve_read(n, s, p);
         return;
     }
     if (write)
@@ -2228,6 +2237,7 @@ struct req_spec {
     uint64_t u64;
     uint32_t max_messages;
     uint32_t max_bytes;
+    uint32_t flags;
 };
 
 static int cmp_u64(const void *a, const void *b)
@@ -2280,6 +2290,7 @@ static struct req *req_build(struct node *n, const struct req_spec *sp,
     q->u64 = sp->u64;
     q->max_messages = sp->max_messages;
     q->max_bytes = sp->max_bytes;
+    q->stale_ok = (sp->flags & NODE_READ_STALE_OK) != 0;
     q->targets_count = (uint32_t)tc;
     q->targets = (struct command_target *)(void *)(mem + off_targets);
     q->order = (uint32_t *)(void *)(mem + off_order);
@@ -2451,9 +2462,9 @@ int node_seen_set(struct node *n, const uint8_t *inbox, size_t inbox_len,
 
 int node_fetch(struct node *n, const uint8_t *inbox, size_t inbox_len,
                uint64_t after_seq, uint32_t max_messages, uint32_t max_bytes,
-               node_done_cb done, void *arg)
+               uint32_t flags, node_done_cb done, void *arg)
 {
-    if (max_messages == 0)
+    if (max_messages == 0 || (flags & ~NODE_READ_STALE_OK) != 0)
         return INBOX_EINVAL;
     struct command_target t = one_target(inbox, inbox_len, NULL);
     struct req_spec sp = {.kind = REQ_FETCH,
@@ -2461,22 +2472,27 @@ int node_fetch(struct node *n, const uint8_t *inbox, size_t inbox_len,
                           .targets_count = 1,
                           .u64 = after_seq,
                           .max_messages = max_messages,
-                          .max_bytes = max_bytes};
+                          .max_bytes = max_bytes,
+                          .flags = flags};
     return submit(n, &sp, done, arg);
 }
 
 int node_seen_get(struct node *n, const struct node_inbox *inboxes,
-                  size_t count, node_done_cb done, void *arg)
+                  size_t count, uint32_t flags, node_done_cb done, void *arg)
 {
     struct command_target t[INBOX_SEEN_GET_INBOXES_MAX];
+    if ((flags & ~NODE_READ_STALE_OK) != 0)
+        return INBOX_EINVAL;
     if (count > INBOX_SEEN_GET_INBOXES_MAX)
         return INBOX_ETOO_MANY_INBOXES;
     if (!inboxes && count)
         return INBOX_EINVAL;
     for (size_t i = 0; i < count; i++)
         t[i] = one_target(inboxes[i].inbox, inboxes[i].inbox_len, NULL);
-    struct req_spec sp = {
-        .kind = REQ_SEEN_GET, .targets = t, .targets_count = count};
+    struct req_spec sp = {.kind = REQ_SEEN_GET,
+                          .targets = t,
+                          .targets_count = count,
+                          .flags = flags};
     return submit(n, &sp, done, arg);
 }
 

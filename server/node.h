@@ -136,6 +136,7 @@ void node_abort_for_test(struct node *n);
 struct node_result {
     int rc;
     uint32_t shard;  /* single-inbox requests: the inbox's shard */
+    bool stale;      /* reads: served by a follower (NODE_READ_STALE_OK) */
     uint64_t leader; /* INBOX_ENOT_LEADER: the shard's leader, 0 unknown */
     /* ENQUEUE */
     uint64_t seq;
@@ -190,15 +191,20 @@ int node_ack(struct node *n, const uint8_t *inbox, size_t inbox_len,
 int node_seen_set(struct node *n, const uint8_t *inbox, size_t inbox_len,
                   uint64_t seen_ts_ms, node_done_cb done, void *arg);
 
-/* Linearizable reads (raft_read_index; served once the shard's applied
- * index reaches the read index). */
+/* Reads are linearizable (raft_read_index on the leader; served once the
+ * shard's applied index reaches the read index; a follower completes them
+ * with INBOX_ENOT_LEADER). With NODE_READ_STALE_OK a node that is not the
+ * shard's leader serves the read at once from its own applied state, which
+ * may lag the leader's (res->stale is set then); the leader still reads
+ * linearizably. */
+#define NODE_READ_STALE_OK 0x01u
 int node_fetch(struct node *n, const uint8_t *inbox, size_t inbox_len,
                uint64_t after_seq, uint32_t max_messages, uint32_t max_bytes,
-               node_done_cb done, void *arg);
-/* 1..INBOX_SEEN_GET_INBOXES_MAX inboxes; each shard is read linearizably
- * on its own (the answer is not one snapshot across shards). */
+               uint32_t flags, node_done_cb done, void *arg);
+/* 1..INBOX_SEEN_GET_INBOXES_MAX inboxes; each shard is read on its own
+ * (the answer is not one snapshot across shards). */
 int node_seen_get(struct node *n, const struct node_inbox *inboxes,
-                  size_t count, node_done_cb done, void *arg);
+                  size_t count, uint32_t flags, node_done_cb done, void *arg);
 int node_inbox_info(struct node *n, const uint8_t *inbox, size_t inbox_len,
                     node_done_cb done, void *arg);
 

@@ -60,6 +60,7 @@ struct fetch {
     uint64_t deadline_ms; /* monotonic */
     uint32_t messages_max;
     uint32_t bytes_max;
+    uint32_t read_flags; /* NODE_READ_STALE_OK */
     bool may_wait;
     uint8_t inbox_len;
     uint8_t inbox[INBOX_KEY_BYTES_MAX];
@@ -250,6 +251,7 @@ static void fetch_answer(struct fetch *f, const struct node_result *res)
         res->info.next_seq > 0 ? res->info.next_seq - 1 : 0;
     r.body.fetch_resp.count = (uint32_t)n;
     r.body.fetch_resp.messages = msgs;
+    r.body.fetch_resp.stale = res->stale;
     transport_respond(f->req, &r);
     free(f);
 }
@@ -286,8 +288,9 @@ static void fetch_done(void *arg, const struct node_result *res)
 
 static void fetch_submit(struct fetch *f)
 {
-    int rc = node_fetch(f->sv->node, f->inbox, f->inbox_len, f->after_seq,
-                        f->messages_max, f->bytes_max, fetch_done, f);
+    int rc =
+        node_fetch(f->sv->node, f->inbox, f->inbox_len, f->after_seq,
+                   f->messages_max, f->bytes_max, f->read_flags, fetch_done, f);
     if (rc != 0) {
         refused(f->req, rc);
         free(f);
@@ -308,6 +311,7 @@ static void do_fetch(struct serve *sv, struct transport_req *req,
     f->messages_max =
         q->messages_max == 0 ? INBOX_FETCH_MESSAGES_MAX : q->messages_max;
     f->bytes_max = q->bytes_max == 0 ? INBOX_FETCH_BYTES_MAX : q->bytes_max;
+    f->read_flags = q->flags & INBOX_FETCH_STALE_OK ? NODE_READ_STALE_OK : 0;
     uint32_t wait = q->wait_ms > INBOX_FETCH_WAIT_MS_MAX
                         ? INBOX_FETCH_WAIT_MS_MAX
                         : q->wait_ms;
@@ -716,7 +720,8 @@ static void do_seen_get(struct serve *sv, struct transport_req *req,
     size_t n = 0;
     while (n < INBOX_SEEN_GET_INBOXES_MAX && inbox_next_key(&it, &k))
         in[n++] = (struct node_inbox){k.ptr, (uint16_t)k.len};
-    int rc = node_seen_get(sv->node, in, n, seen_get_done, req);
+    uint32_t flags = q->flags & INBOX_FETCH_STALE_OK ? NODE_READ_STALE_OK : 0;
+    int rc = node_seen_get(sv->node, in, n, flags, seen_get_done, req);
     if (rc != 0)
         refused(req, rc);
 }

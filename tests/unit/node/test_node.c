@@ -38,6 +38,7 @@
 /* A deep copy of one completion, filled on the node thread. */
 struct outcome {
     int rc;
+    bool stale;
     uint64_t seq;
     bool deduped;
     uint64_t leader;
@@ -78,6 +79,7 @@ static void copy_result(struct outcome *o, const struct node_result *r)
 {
     memset(o, 0, sizeof(*o));
     o->rc = r->rc;
+    o->stale = r->stale;
     o->seq = r->seq;
     o->deduped = r->deduped;
     o->leader = r->leader;
@@ -240,7 +242,7 @@ static struct outcome *fetch(struct fixture *f, const char *inbox,
                              uint64_t after)
 {
     int rc = node_fetch(f->n, key(inbox), strlen(inbox), after, OUT_MSGS_MAX,
-                        INBOX_FETCH_BYTES_MAX, waiter_done, &f->w);
+                        INBOX_FETCH_BYTES_MAX, 0, waiter_done, &f->w);
     return waiter_wait(&f->w, rc);
 }
 
@@ -359,7 +361,7 @@ static void test_round_trip(void **state)
     assert_int_equal(waiter_wait(&f->w, rc)->rc, 0);
     struct node_inbox q[3] = {
         {key("carol"), 5}, {key("nobody"), 6}, {key("bob"), 3}};
-    rc = node_seen_get(f->n, q, 3, waiter_done, &f->w);
+    rc = node_seen_get(f->n, q, 3, 0, waiter_done, &f->w);
     o = waiter_wait(&f->w, rc);
     assert_int_equal(o->rc, 0);
     assert_int_equal(o->seen_count, 3);
@@ -400,8 +402,9 @@ static void test_round_trip(void **state)
     assert_int_equal(
         node_enqueue(f->n, key(""), 0, ids[0], 0, "x", 1, waiter_done, &f->w),
         INBOX_EKEY_INVALID);
-    assert_int_equal(node_fetch(f->n, key("a"), 1, 0, 0, 0, waiter_done, &f->w),
-                     INBOX_EINVAL);
+    assert_int_equal(
+        node_fetch(f->n, key("a"), 1, 0, 0, 0, 0, waiter_done, &f->w),
+        INBOX_EINVAL);
     /* metrics render */
     const struct metrics_desc *d;
     size_t dc;
@@ -611,7 +614,8 @@ static void test_read_burst(void **state)
     pthread_cond_init(&b.cv, NULL);
     for (uint32_t i = 0; i < READS_BURST; i++)
         assert_int_equal(
-            node_fetch(f->n, key("burst"), 5, 0, 10, 1024, burst_done, &b), 0);
+            node_fetch(f->n, key("burst"), 5, 0, 10, 1024, 0, burst_done, &b),
+            0);
     pthread_mutex_lock(&b.mu);
     while (b.done < READS_BURST)
         pthread_cond_wait(&b.cv, &b.mu);
@@ -647,7 +651,7 @@ static void test_restart_graceful(void **state)
     assert_int_equal(o->count, 10);
     assert_memory_equal(o->payloads[9], "m20", 3);
     struct node_inbox q = {key("odd"), 3};
-    rc = node_seen_get(f->n, &q, 1, waiter_done, &f->w);
+    rc = node_seen_get(f->n, &q, 1, 0, waiter_done, &f->w);
     assert_int_equal(waiter_wait(&f->w, rc)->seen[0], 42);
     /* seqs continue, the dedup window survived */
     o = enqueue(f, "even", 2, "m2");

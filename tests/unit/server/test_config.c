@@ -177,6 +177,49 @@ static void test_validate_relations(void **state)
     assert_int_equal(config_validate(&c, err, sizeof err), INBOX_EINVAL);
 }
 
+static void test_members(void **state)
+{
+    (void)state;
+    struct config c;
+    struct config_member m[CONFIG_MEMBERS_MAX];
+    size_t n = 99;
+    char err[256] = "";
+    config_defaults(&c);
+    assert_int_equal(config_members(&c, m, &n, err, sizeof err), 0);
+    assert_int_equal(n, 0); /* a node alone */
+    assert_int_equal(config_validate(&c, err, sizeof err), 0);
+
+    snprintf(c.members, sizeof c.members,
+             "1@127.0.0.1:7420,2@127.0.0.1:7430,3@[::1]:7440");
+    assert_int_equal(config_members(&c, m, &n, err, sizeof err), 0);
+    assert_int_equal(n, 3);
+    assert_true(m[0].id == 1 && strcmp(m[0].addr, "127.0.0.1:7420") == 0);
+    assert_true(m[2].id == 3 && strcmp(m[2].addr, "[::1]:7440") == 0);
+    assert_int_equal(config_validate(&c, err, sizeof err), 0);
+    c.node_id = 4; /* not a member */
+    assert_int_equal(config_validate(&c, err, sizeof err), INBOX_EINVAL);
+    assert_non_null(strstr(err, "does not list this node"));
+
+    static const char *const bad[] = {
+        "1@127.0.0.1",                                     /* no port */
+        "127.0.0.1:7420",                                  /* no id */
+        "0@127.0.0.1:7420",                                /* id 0 */
+        "x@127.0.0.1:7420",                                /* id not a number */
+        "1@h:1,1@h:2",                                     /* twice */
+        "1@h:1,",                                          /* empty item */
+        "1@:7420",                                         /* no host */
+        "1@h:",                                            /* empty port */
+        "1@h:1,2@h:2,3@h:3,4@h:4,5@h:5,6@h:6,7@h:7,8@h:8", /* too many */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(c.members, sizeof c.members, "%s", bad[i]);
+        err[0] = '\0';
+        assert_int_equal(config_members(&c, m, &n, err, sizeof err),
+                         INBOX_EINVAL);
+        assert_non_null(strstr(err, "cluster.members"));
+    }
+}
+
 static void test_units(void **state)
 {
     (void)state;
@@ -207,6 +250,7 @@ int main(void)
         cmocka_unit_test(test_help_and_usage),
         cmocka_unit_test(test_validate_relations),
         cmocka_unit_test(test_units),
+        cmocka_unit_test(test_members),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
