@@ -2131,6 +2131,239 @@ static int cmd_status(int argc, char **argv)
     return session_end(&s, rc, NULL);
 }
 
+/* ---- cluster status ------------------------------------------------------ */
+
+#define CLUSTER_NODES_MAX 16u
+#define CLUSTER_STATUS_TIMEOUT_MS 3000u
+
+struct cluster_node {
+    struct cluster_wait *w;
+    uint64_t id;
+    bool done;
+    int status;
+    uint64_t uptime_ms;
+    size_t count;
+    struct inbox_client_shard_status *shards; /* copied */
+};
+
+struct cluster_wait {
+    size_t pending;
+    bool all_done;
+    size_t count;
+    struct cluster_node nodes[CLUSTER_NODES_MAX];
+};
+
+static void cluster_status_done(void *arg, int status,
+                                const struct inbox_client_status *r)
+{
+    struct cluster_node *n = arg;
+    n->done = true;
+    n->status = status;
+    if (status == 0 && r != NULL) {
+        n->uptime_ms = r->uptime_ms;
+        n->shards = calloc(r->count ? r->count : 1u, sizeof *n->shards);
+        if (n->shards != NULL) {
+            memcpy(n->shards, r->shards, r->count * sizeof *n->shards);
+            n->count = r->count;
+        } else {
+            n->status = INBOX_ENOMEM;
+        }
+    }
+    if (--n->w->pending == 0)
+        n->w->all_done = true;
+}
+
+/* Node k's applied index of shard s (UINT64_MAX: unknown). */
+static uint64_t cluster_applied(const struct cluster_node *n, uint32_t s)
+{
+    if (n->status != 0)
+        return UINT64_MAX;
+    for (size_t i = 0; i < n->count; i++)
+        if (n->shards[i].shard == s)
+            return n->shards[i].applied_index;
+    return UINT64_MAX;
+}
+
+static void cluster_print(const struct global *g, const struct cluster_wait *w,
+                          const struct inbox_client *client, bool all_shards,
+                          uint32_t *leaderless, size_t *down)
+{
+    uint32_t sc = inbox_client_shard_count(client);
+    uint64_t lag[CLUSTER_NODES_MAX] = {0}, applied[CLUSTER_NODES_MAX] = {0};
+    uint32_t leads[CLUSTER_NODES_MAX] = {0};
+    *leaderless = 0;
+    *down = 0;
+    for (uint32_t s = 0; s < sc; s++) {
+        uint64_t leader = inbox_client_shard_leader(client, s);
+        uint64_t max = 0;
+        bool leader_up = false;
+        for (size_t k = 0; k < w->count; k++)
+            leader_up |= w->nodes[k].id == leader && w->nodes[k].status == 0;
+        if (!leader_up)
+            (*leaderless)++; /* none known, or it does not answer */
+        for (size_t k = 0; k < w->count; k++) {
+            uint64_t a = cluster_applied(&w->nodes[k], s);
+            if (a != UINT64_MAX && a > max)
+                max = a;
+            if (w->nodes[k].id == leader)
+                leads[k]++;
+        }
+        for (size_t k = 0; k < w->count; k++) {
+            uint64_t a = cluster_applied(&w->nodes[k], s);
+            if (a != UINT64_MAX) {
+                applied[k] += a;
+                lag[k] += max - a;
+            }
+        }
+    }
+    for (size_t k = 0; k < w->count; k++)
+        *down += w->nodes[k].status != 0;
+    if (g->json) {
+        printf("{\"shard_count\":%" PRIu32 ",\"leaderless_shards\":%" PRIu32
+               ",\"nodes\":[",
+               sc, *leaderless);
+        for (size_t k = 0; k < w->count; k++) {
+            const struct cluster_node *n = &w->nodes[k];
+            const char *addr = inbox_client_node_addr(client, n->id);
+            printf("%s{\"node_id\":%" PRIu64 ",\"addr\":\"%s\",", k ? "," : "",
+                   n->id, addr ? addr : "");
+            if (n->status != 0)
+                printf("\"reachable\":false,\"error\":\"%s\"}",
+                       inbox_err_name(n->status));
+            else
+                printf("\"reachable\":true,\"uptime_ms\":%" PRIu64
+                       ",\"leads\":%" PRIu32 ",\"applied\":%" PRIu64
+                       ",\"lag\":%" PRIu64 "}",
+                       n->uptime_ms, leads[k], applied[k], lag[k]);
+        }
+        fputs("],\"shards\":[", stdout);
+        for (uint32_t s = 0; s < sc; s++) {
+            printf("%s{\"shard\":%" PRIu32 ",\"leader_id\":%" PRIu64
+                   ",\"applied\":{",
+                   s ? "," : "", s, inbox_client_shard_leader(client, s));
+            bool first = true;
+            for (size_t k = 0; k < w->count; k++) {
+                uint64_t a = cluster_applied(&w->nodes[k], s);
+                if (a == UINT64_MAX)
+                    continue;
+                printf("%s\"%" PRIu64 "\":%" PRIu64, first ? "" : ",",
+                       w->nodes[k].id, a);
+                first = false;
+            }
+            fputs("}}", stdout);
+        }
+        fputs("]}\n", stdout);
+        return;
+    }
+    printf("cluster: %zu node(s), %" PRIu32 " shard(s), %" PRIu32
+           " without a reachable leader, %zu node(s) unreachable\n",
+           w->count, sc, *leaderless, *down);
+    printf("%-6s  %-22s  %-12s  %-10s  %-6s  %-12s  %s\n", "NODE", "ADDRESS",
+           "STATE", "UPTIME", "LEADS", "APPLIED", "LAG");
+    for (size_t k = 0; k < w->count; k++) {
+        const struct cluster_node *n = &w->nodes[k];
+        const char *addr = inbox_client_node_addr(client, n->id);
+        if (n->status != 0) {
+            printf("%-6" PRIu64 "  %-22s  %-12s  (%s)\n", n->id,
+                   addr ? addr : "?", "unreachable", inbox_err_name(n->status));
+            continue;
+        }
+        char up[48];
+        fmt_duration(up, sizeof up, n->uptime_ms);
+        printf("%-6" PRIu64 "  %-22s  %-12s  %-10s  %-6" PRIu32 "  %-12" PRIu64
+               "  %" PRIu64 "\n",
+               n->id, addr ? addr : "?", "up", up, leads[k], applied[k],
+               lag[k]);
+    }
+    if (!all_shards)
+        return;
+    printf("\n%-6s  %-8s", "SHARD", "LEADER");
+    for (size_t k = 0; k < w->count; k++)
+        printf("  APPLIED@%-4" PRIu64, w->nodes[k].id);
+    printf("  LAG\n");
+    for (uint32_t s = 0; s < sc; s++) {
+        uint64_t max = 0, min = UINT64_MAX;
+        printf("%-6" PRIu32 "  %-8" PRIu64, s,
+               inbox_client_shard_leader(client, s));
+        for (size_t k = 0; k < w->count; k++) {
+            uint64_t a = cluster_applied(&w->nodes[k], s);
+            if (a == UINT64_MAX) {
+                printf("  %-12s", "-");
+                continue;
+            }
+            printf("  %-12" PRIu64, a);
+            max = a > max ? a : max;
+            min = a < min ? a : min;
+        }
+        printf("  %" PRIu64 "\n", min == UINT64_MAX ? 0 : max - min);
+    }
+}
+
+static int cmd_cluster_status(int argc, char **argv)
+{
+    const struct command *c = find_command("cluster", "status");
+    static const struct option own[] = {
+        {"shards", no_argument, 0, OWN_SHARDS},
+    };
+    struct node_args a;
+    memset(&a, 0, sizeof a);
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 1, node_option, &a, &g);
+    if (code >= 0)
+        return code;
+    if (optind < argc)
+        return usage_error(c, "unexpected argument '%s'", argv[optind]);
+    struct session s;
+    struct wait_one rw;
+    memset(&rw, 0, sizeof rw);
+    struct cluster_wait *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return report(c, &g, EXIT_FAILED, "NOMEM", "out of memory", NULL);
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_route(s.client, g.timeout_ms, &rw, route_done);
+    if (rc == 0)
+        rc = session_wait(&s, &rw.done);
+    if (rc == 0)
+        rc = rw.status;
+    uint64_t ids[CLUSTER_NODES_MAX];
+    if (rc == 0) {
+        size_t n = inbox_client_nodes(s.client, ids, CLUSTER_NODES_MAX);
+        w->count = n < CLUSTER_NODES_MAX ? n : CLUSTER_NODES_MAX;
+        uint32_t t = g.timeout_ms < CLUSTER_STATUS_TIMEOUT_MS
+                         ? g.timeout_ms
+                         : CLUSTER_STATUS_TIMEOUT_MS;
+        /* Ask every node at once; a node that does not answer in time is
+         * reported unreachable. */
+        for (size_t k = 0; k < w->count; k++) {
+            struct cluster_node *cn = &w->nodes[k];
+            cn->w = w;
+            cn->id = ids[k];
+            w->pending++;
+            int src = inbox_client_submit_status(s.client, ids[k], t, cn,
+                                                 cluster_status_done);
+            if (src != 0) {
+                cn->status = src;
+                cn->done = true;
+                w->pending--;
+            }
+        }
+        w->all_done = w->pending == 0;
+        rc = session_wait(&s, &w->all_done);
+    }
+    uint32_t leaderless = 0;
+    size_t down = 0;
+    if (rc == 0)
+        cluster_print(&g, w, s.client, a.all_shards, &leaderless, &down);
+    for (size_t k = 0; k < w->count; k++)
+        free(w->nodes[k].shards);
+    free(w);
+    code = session_end(&s, rc, NULL);
+    if (code == EXIT_OK && (leaderless > 0 || down > 0))
+        code = EXIT_FAILED;
+    return code;
+}
+
 /* Shards per leader node, for route's summary. */
 struct leader_count {
     uint64_t node_id;
@@ -2356,6 +2589,21 @@ static const struct command commands[] = {
      "  shard, 0 "
      "unknown],\"inboxes\":[{\"inbox\",\"shard\",\"leader_id\"}]}.\n",
      cmd_route, true},
+    {"cluster status", "every node and shard: reachable, leader, lag",
+     "usage: inboxctl cluster status [--shards]\n"
+     "  Asks each node of the shard map for its status (3 s each, at once)\n"
+     "  and prints per node: address, up or unreachable, uptime, shards it\n"
+     "  leads, applied entries summed over its shards, and lag: entries\n"
+     "  behind the most advanced replica, summed over shards. --shards:\n"
+     "  per shard its leader, each node's applied index and the spread.\n"
+     "  Exit 1 when a node is unreachable or a shard has no leader.\n"
+     "  --json: "
+     "{\"shard_count\",\"leaderless_shards\",\"nodes\":[{\"node_id\",\n"
+     "  \"addr\",\"reachable\",\"uptime_ms\",\"leads\",\"applied\",\"lag\"} "
+     "or\n"
+     "  {\"node_id\",\"addr\",\"reachable\":false,\"error\"}],\"shards\":\n"
+     "  [{\"shard\",\"leader_id\",\"applied\":{\"ID\":N}}]}.\n",
+     cmd_cluster_status, true},
     {"snapshot", "checkpoint a node's shards (admin)",
      "usage: inboxctl snapshot [--node ID] [--shard N]\n"
      "  Asks node ID (default: any) to snapshot shard N (default: every\n"

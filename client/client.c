@@ -517,6 +517,23 @@ uint64_t inbox_client_shard_leader(const struct inbox_client *client,
     return client->leaders[shard];
 }
 
+size_t inbox_client_nodes(const struct inbox_client *client, uint64_t *ids,
+                          size_t cap)
+{
+    for (size_t i = 0; i < client->nodes_count && i < cap; i++)
+        ids[i] = client->nodes[i].id;
+    return client->nodes_count;
+}
+
+const char *inbox_client_node_addr(const struct inbox_client *client,
+                                   uint64_t id)
+{
+    for (size_t i = 0; i < client->nodes_count; i++)
+        if (client->nodes[i].id == id && client->nodes[i].addrs_count > 0)
+            return client->nodes[i].addrs[0];
+    return NULL;
+}
+
 /* ---- connections -------------------------------------------------------- */
 
 static void conn_close_socket(struct conn *conn)

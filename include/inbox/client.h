@@ -159,6 +159,13 @@ uint32_t inbox_shard_of(const void *inbox, size_t inbox_len,
 uint32_t inbox_client_shard_count(const struct inbox_client *client);
 uint64_t inbox_client_shard_leader(const struct inbox_client *client,
                                    uint32_t shard);
+/* The nodes of the shard map: writes up to cap ids, returns how many there
+ * are. A node's first address, or NULL for an unknown id; the string is
+ * valid until the next ROUTE. */
+size_t inbox_client_nodes(const struct inbox_client *client, uint64_t *ids,
+                          size_t cap);
+const char *inbox_client_node_addr(const struct inbox_client *client,
+                                   uint64_t id);
 
 /* ---- common types ------------------------------------------------------- */
 

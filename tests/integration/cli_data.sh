@@ -144,6 +144,15 @@ json_parses "status --json"
 json_true "status lists 64 leaders" 'd["node_id"] == 1 and len(d["shards"]) == 64 and all(s["role"] == "leader" for s in d["shards"])'
 check "status --shards" 0 ic status --shards
 has "status --shards lists shard 63" "^63 "
+check "cluster status" 0 ic cluster status
+has "cluster status: one node, every shard led" "1 node(s), 64 shard(s), 0 without a reachable leader, 0 node(s) unreachable"
+has "cluster status: node 1 up, leads 64, no lag" "^1 .* up .* 64 .* 0$"
+check "cluster status --json" 0 ic cluster status --json
+json_parses "cluster status --json"
+json_true "cluster status --json: node 1 reachable, 64 shards" 'd["shard_count"] == 64 and d["nodes"][0]["reachable"] and d["nodes"][0]["leads"] == 64 and len(d["shards"]) == 64'
+check "cluster status --shards" 0 ic cluster status --shards
+has "cluster status --shards lists shard 63" "^63 "
+check "cluster status: unknown option" 2 ic cluster status --bogus
 check "route" 0 ic route alice
 has "route: alice's shard (protocol.md test vector)" "alice shard=48 leader=1"
 check "route --json" 0 ic route alice bob --json
