@@ -67,6 +67,7 @@
 #include "node_meta.h"
 #include "raft.h"
 #include "raft_log.h"
+#include "snapshot.h"
 #include "wal.h"
 #include "wire.h"
 
@@ -218,6 +219,11 @@ struct shard {
     enum raft_role role_seen;
     uint32_t role_changes; /* since start, for the log level above */
     struct pq incoming, proposed, reading, read_wait, retry;
+    /* An incoming snapshot being received (follower). */
+    struct snapshot_stage stage;
+    /* After a failed materialization, none is tried again before this
+     * (mono ms): raft asks at every probe. */
+    uint64_t snap_retry_ms;
     /* Peer messages that arrived during a ready cycle (raft/wire.h
      * encoding), stepped right after raft_advance. */
     uint8_t *parked;
@@ -240,17 +246,25 @@ struct node_metrics {
     struct metrics_counter peer_msgs_in;
     struct metrics_counter peer_msgs_out;
     struct metrics_counter peer_msgs_dropped;
+    struct metrics_counter snapshots_made;
+    struct metrics_counter snapshot_chunks_sent;
+    struct metrics_counter snapshots_sent;
+    struct metrics_counter snapshots_installed;
     struct metrics_gauge failed;
     struct metrics_gauge wal_segments;
     struct metrics_histogram fsync_us;
     struct metrics_histogram fsync_records;
     struct metrics_histogram append_records;
     struct metrics_histogram checkpoint_us;
+    struct metrics_histogram snapshot_make_us;
+    struct metrics_histogram snapshot_install_us;
 };
 
 struct node {
     struct node_options o;
     char data_dir[PATH_BYTES_MAX];
+    char snap_dir[PATH_BYTES_MAX];
+    struct raft_log_snap_hooks snap_hooks;
     struct raft_membership boot;
     uint32_t shard_count;
     struct shard *shards;
@@ -904,6 +918,11 @@ static void send_msgs(struct node *n, const struct raft_msg *msgs, size_t count)
         assert(w == need);
         ob->len += w;
         metrics_counter_add(&n->m.peer_msgs_out, 1);
+        if (m->type == RAFT_MSG_SNAPSHOT) {
+            metrics_counter_add(&n->m.snapshot_chunks_sent, 1);
+            if (m->flags & RAFT_MSG_F_LAST)
+                metrics_counter_add(&n->m.snapshots_sent, 1);
+        }
     }
 }
 
@@ -1191,6 +1210,196 @@ static int persist_ready(struct node *n, struct shard *s, uint64_t *lsn)
     return 0;
 }
 
+/* ---- snapshots (docs/node.md, "Snapshots between nodes") ---------------- */
+
+/* After a failed materialization, raft's probes do not retry for this
+ * long (each attempt reads the whole shard). */
+#define NODE_SNAPSHOT_RETRY_MS 1000u
+
+/* Leader: raft_log's make hook. Runs on the node thread inside a raft
+ * call, the first time raft needs a snapshot of the shard past the last
+ * materialized one. */
+static int snap_make(void *ctx, struct raft_log *l, uint64_t release,
+                     struct snapshot_file *out)
+{
+    struct node *n = ctx;
+    struct shard *s = &n->shards[l->shard];
+    uint64_t now = mono_ms();
+    if (now < s->snap_retry_ms)
+        return INBOX_EBUSY;
+    uint64_t t0 = mono_us();
+    int rc = snapshot_file_make(n->store, n->wal, l->shard, n->snap_dir,
+                                release, &l->membership, out);
+    uint64_t us = mono_us() - t0;
+    if (rc != 0) {
+        s->snap_retry_ms = now + NODE_SNAPSHOT_RETRY_MS;
+        log_warn("node", "cannot materialize a snapshot",
+                 "shard=%u release=%llu err=%s", l->shard,
+                 (unsigned long long)release, inbox_err_name(rc));
+        return rc;
+    }
+    metrics_counter_add(&n->m.snapshots_made, 1);
+    metrics_histogram_record(&n->m.snapshot_make_us, us);
+    log_info("node", "snapshot materialized",
+             "shard=%u index=%llu term=%llu bytes=%llu us=%llu", l->shard,
+             (unsigned long long)out->meta.index,
+             (unsigned long long)out->meta.term,
+             (unsigned long long)out->meta.data_bytes, (unsigned long long)us);
+    return 0;
+}
+
+/* Make the shard's WAL log continue right after (index, term): void the
+ * entries at or past index (the snapshot replaces the whole log, Raft §7),
+ * then release everything up to index, past the last entry if need be
+ * (the log is then empty and continues at index + 1). The release's sync
+ * covers the truncation logged before it. */
+static int wal_reset_to(struct wal *wal, uint32_t shard, uint64_t index,
+                        uint64_t term)
+{
+    uint64_t first = 1, last = 0, lsn = 0;
+    int rc = wal_range(wal, shard, &first, &last);
+    if (rc != 0)
+        return rc;
+    if (index < first)
+        return 0; /* already released there */
+    if (last >= index && (rc = wal_truncate_suffix(wal, shard, index, &lsn)))
+        return rc;
+    return wal_release_prefix(wal, shard, index, term);
+}
+
+static bool member_of(const uint64_t *ids, uint32_t count, uint64_t id)
+{
+    for (uint32_t i = 0; i < count; i++)
+        if (ids[i] == id)
+            return true;
+    return false;
+}
+
+static bool membership_same(const struct raft_membership *a,
+                            const struct raft_membership *b)
+{
+    if (a->voters_count != b->voters_count ||
+        a->learners_count != b->learners_count)
+        return false;
+    for (uint32_t i = 0; i < a->voters_count; i++)
+        if (!member_of(b->voters, b->voters_count, a->voters[i]))
+            return false;
+    for (uint32_t i = 0; i < a->learners_count; i++)
+        if (!member_of(b->learners, b->learners_count, a->learners[i]))
+            return false;
+    return true;
+}
+
+/* Follower, step 2 of raft.h's loop for rd.snapshot (its last chunk was
+ * staged just before). Each step is durable before the next starts, so a
+ * crash anywhere leaves a state that start-up makes whole (docs/node.md):
+ *   1. the store's shard state := the staged snapshot (in the store's
+ *      open transaction: a crash drops it, nothing changed);
+ *   2. store_checkpoint: the store is durable at the snapshot index (a
+ *      crash now leaves the store ahead of the WAL: shard_start finishes
+ *      the install, finish_interrupted_install);
+ *   3. the WAL's log of the shard restarts after the snapshot index
+ *      (wal_reset_to, synced): only now may the WAL forget anything.
+ * Then the ready's entries (past the index) and hard state are persisted
+ * as usual. Returns 0, or the error after node_fail. */
+static int install_snapshot(struct node *n, struct shard *s,
+                            const struct raft_snapshot_meta *m)
+{
+    uint64_t t0 = mono_us();
+    const char *what = "snapshot membership";
+    int rc = INBOX_EUNAVAILABLE;
+    /* A restart rebuilds the membership at the release point from
+     * node.meta; until a shard's membership is persisted with its log,
+     * a snapshot carrying another one cannot be installed durably. */
+    if (!membership_same(&m->membership, &n->boot))
+        goto err;
+    what = "snapshot restore";
+    if ((rc = snapshot_stage_restore(&s->stage, n->store, s->id, m)) != 0)
+        goto err;
+    what = "store_checkpoint (snapshot install)";
+    if ((rc = store_checkpoint(n->store)) != 0)
+        goto err;
+    what = "wal reset (snapshot install)";
+    if ((rc = wal_reset_to(n->wal, s->id, m->index, m->term)) != 0)
+        goto err;
+    snapshot_stage_drop(&s->stage);
+    raft_log_snapshot_drop(&s->log);
+    raft_log_set_membership(&s->log, &m->membership);
+    s->released = m->index;
+    s->applied = m->index;
+    s->conf_floor = 0;
+    /* Our proposals at or below the index (from an earlier term as leader)
+     * are either in the snapshot or gone; which one is unknown. */
+    while (s->proposed.head && s->proposed.head->index <= m->index)
+        part_finish(n, pq_pop(&s->proposed), INBOX_EPROPOSAL_DROPPED);
+    struct store_shard_info info;
+    if (store_applied(n->store, s->id, &info) == 0 &&
+        info.now_ms > n->last_ts_ms)
+        n->last_ts_ms = info.now_ms;
+    uint64_t us = mono_us() - t0;
+    metrics_counter_add(&n->m.snapshots_installed, 1);
+    metrics_histogram_record(&n->m.snapshot_install_us, us);
+    log_info("node", "snapshot installed",
+             "shard=%u index=%llu term=%llu bytes=%llu us=%llu", s->id,
+             (unsigned long long)m->index, (unsigned long long)m->term,
+             (unsigned long long)m->data_bytes, (unsigned long long)us);
+    return 0;
+
+err:
+    node_fail(n, what, rc);
+    return rc;
+}
+
+/* A crash between an install's store checkpoint and its WAL reset leaves
+ * the store at the snapshot index while the WAL's log of the shard ends
+ * below it, or holds another term there (the suffix the snapshot
+ * replaced). The store applies only committed entries of this log, so in
+ * no other case is it ahead of the WAL: redo the reset. */
+static int finish_interrupted_install(struct node *n, struct shard *s,
+                                      const struct store_shard_info *info)
+{
+    uint64_t first = 1, last = 0, term = 0;
+    uint64_t a = info->applied_index;
+    (void)wal_range(n->wal, s->id, &first, &last);
+    if (a < first)
+        return 0; /* nothing applied, or at the release point */
+    if (a <= last && wal_term(n->wal, s->id, a, &term) == 0 &&
+        term == info->applied_term)
+        return 0;
+    log_warn("node", "completing an interrupted snapshot install",
+             "shard=%u index=%llu term=%llu wal_last=%llu", s->id,
+             (unsigned long long)a, (unsigned long long)info->applied_term,
+             (unsigned long long)last);
+    return wal_reset_to(n->wal, s->id, a, info->applied_term);
+}
+
+/* Does any follower of this leader still receive the shard's snapshot? */
+static bool snapshot_in_use(const struct node *n, const struct shard *s)
+{
+    if (raft_role(s->r) != RAFT_LEADER)
+        return false;
+    const struct raft_membership *m = raft_membership(s->r);
+    for (uint32_t i = 0; i < m->voters_count + m->learners_count; i++) {
+        uint64_t id = i < m->voters_count ? m->voters[i]
+                                          : m->learners[i - m->voters_count];
+        struct raft_progress_info pi;
+        if (id != n->o.node_id && raft_progress_of(s->r, id, &pi) == 0 &&
+            pi.state == 2 /* snapshot */)
+            return true;
+    }
+    return false;
+}
+
+/* With the checkpoint timer: delete materialized snapshots nobody reads. */
+static void snapshots_gc(struct node *n)
+{
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        struct shard *s = &n->shards[i];
+        if (s->log.snap.fd >= 0 && !snapshot_in_use(n, s))
+            raft_log_snapshot_drop(&s->log);
+    }
+}
+
 static void start_ready(struct node *n, struct shard *s, uint64_t *lsn,
                         bool *persisting)
 {
@@ -1200,11 +1409,18 @@ static void start_ready(struct node *n, struct shard *s, uint64_t *lsn,
     s->in_ready = true;
     s->reads_asked = 0;
     send_msgs(n, s->rd.msgs, s->rd.msgs_count);
-    if (s->rd.snapshot || s->rd.snapshot_chunk) {
-        /* Only a follower receives snapshots; with one voter this cannot
-         * happen. Installing them is the replication issue's work. */
-        node_fail(n, "snapshot install (unsupported)", INBOX_EINTERNAL);
-        return;
+    if (s->rd.snapshot_chunk) {
+        int rc = snapshot_stage_write(&s->stage, n->snap_dir, s->id,
+                                      s->rd.snapshot_chunk);
+        if (rc != 0) {
+            node_fail(n, "snapshot chunk write", rc);
+            return;
+        }
+    }
+    if (s->rd.snapshot) {
+        int rc = install_snapshot(n, s, s->rd.snapshot);
+        if (rc != 0)
+            return; /* node_fail'd: the shard stays in its ready */
     }
     /* What must be durable before this ready's msgs_after go out and its
      * committed entries are applied: new entries, and a new term or vote
@@ -1313,7 +1529,7 @@ static void tick_all(struct node *n)
 
 /* A leader keeps the entries its slowest follower still lacks, so a
  * follower that was down a while catches up from the log rather than by
- * snapshot, up to INBOX_NODE_RETAIN_ENTRIES_MAX entries behind. */
+ * snapshot, up to node_options.retain_entries_max entries behind. */
 static uint64_t retain_for_followers(const struct node *n,
                                      const struct shard *s, uint64_t d)
 {
@@ -1327,7 +1543,7 @@ static uint64_t retain_for_followers(const struct node *n,
         if (id == n->o.node_id)
             continue;
         uint64_t match = raft_match_of(s->r, id);
-        if (match < floor && d - match <= INBOX_NODE_RETAIN_ENTRIES_MAX)
+        if (match < floor && d - match <= n->o.retain_entries_max)
             floor = match;
     }
     return floor;
@@ -1415,6 +1631,15 @@ static int shard_start(struct node *n, struct shard *s)
     rc = store_applied(n->store, s->id, &info);
     if (rc != 0)
         return rc;
+    snapshot_stage_init(&s->stage);
+    rc = finish_interrupted_install(n, s, &info);
+    if (rc != 0) {
+        (void)fmt(n->errmsg, sizeof(n->errmsg),
+                  "shard %u: cannot finish a snapshot install at %llu: %s",
+                  s->id, (unsigned long long)info.applied_index,
+                  inbox_strerror(rc));
+        return rc;
+    }
     /* The store applies only committed entries, so whatever it applied is
      * committed, even if the commit-only hard state that said so was not
      * yet synced when the node stopped (start_ready does not wait for
@@ -1438,6 +1663,8 @@ static int shard_start(struct node *n, struct shard *s)
         ro.uncommitted_bytes_max = n->o.uncommitted_bytes_max;
     /* One APPEND (and one snapshot chunk) must fit in one RAFT frame. */
     ro.msg_bytes_max = INBOX_NODE_RAFT_MSG_BYTES_MAX;
+    if (n->o.snapshot_chunk_bytes)
+        ro.snapshot_chunk_bytes = n->o.snapshot_chunk_bytes;
     if (ro.snapshot_chunk_bytes > INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX)
         ro.snapshot_chunk_bytes = INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX;
     ro.applied = info.applied_index;
@@ -1454,6 +1681,7 @@ static int shard_start(struct node *n, struct shard *s)
                   (unsigned long long)hs.commit, inbox_strerror(rc));
         return rc;
     }
+    raft_log_snapshots_enable(&s->log, &n->snap_hooks);
     s->applied = info.applied_index;
     uint64_t first = 1, last = 0;
     (void)wal_range(n->wal, s->id, &first, &last);
@@ -1509,6 +1737,14 @@ static int node_startup(struct node *n)
                   inbox_strerror(rc), walmsg);
         return rc;
     }
+    rc = snapshot_dir_init(n->data_dir, n->snap_dir, sizeof(n->snap_dir));
+    if (rc != 0) {
+        (void)fmt(n->errmsg, sizeof(n->errmsg), "%s/snap: %s", n->data_dir,
+                  inbox_strerror(rc));
+        return rc;
+    }
+    n->snap_hooks.ctx = n;
+    n->snap_hooks.make = snap_make;
     for (uint32_t i = 0; i < n->shard_count; i++) {
         rc = shard_start(n, &n->shards[i]);
         if (rc != 0)
@@ -1525,6 +1761,7 @@ static void shards_destroy(struct node *n)
             raft_destroy(s->r);
         s->r = NULL;
         raft_log_free(&s->log);
+        snapshot_stage_drop(&s->stage);
         free(s->parked);
         s->parked = NULL;
         s->parked_len = s->parked_cap = 0;
@@ -1625,6 +1862,7 @@ static void node_loop(struct node *n)
             next_tick = now + tick_ms;
         }
         if (now >= next_ckpt || ckpt_asked) {
+            snapshots_gc(n);
             int rc = checkpoint(n);
             next_ckpt = mono_ms() + ckpt_ms;
             if (ckpt_asked) {
@@ -1728,7 +1966,7 @@ static void *sync_main(void *arg)
 
 static int metrics_build(struct node *n)
 {
-    size_t cap = 17u + 2u * n->shard_count;
+    size_t cap = 23u + 2u * n->shard_count;
     n->descs = calloc(cap, sizeof(*n->descs));
     if (!n->descs)
         return INBOX_ENOMEM;
@@ -1777,6 +2015,24 @@ static int metrics_build(struct node *n)
     d[k++] = DESC("inbox_node_peer_msgs_dropped_total",
                   "Raft messages dropped (malformed, unknown shard, bounds)",
                   METRICS_COUNTER, NULL, &n->m.peer_msgs_dropped, 0);
+    d[k++] = DESC("inbox_node_snapshots_made_total",
+                  "Shard snapshots materialized for followers (leader)",
+                  METRICS_COUNTER, NULL, &n->m.snapshots_made, 0);
+    d[k++] = DESC("inbox_node_snapshot_chunks_sent_total",
+                  "InstallSnapshot chunks sent to followers", METRICS_COUNTER,
+                  NULL, &n->m.snapshot_chunks_sent, 0);
+    d[k++] = DESC("inbox_node_snapshots_sent_total",
+                  "Last chunks of snapshots sent to followers", METRICS_COUNTER,
+                  NULL, &n->m.snapshots_sent, 0);
+    d[k++] = DESC("inbox_node_snapshots_installed_total",
+                  "Snapshots received and installed (follower)",
+                  METRICS_COUNTER, NULL, &n->m.snapshots_installed, 0);
+    d[k++] = DESC("inbox_node_snapshot_make_seconds",
+                  "Materializing a shard snapshot file", METRICS_HISTOGRAM,
+                  NULL, &n->m.snapshot_make_us, 1e-6);
+    d[k++] = DESC("inbox_node_snapshot_install_seconds",
+                  "Restore, store checkpoint and WAL reset of an install",
+                  METRICS_HISTOGRAM, NULL, &n->m.snapshot_install_us, 1e-6);
     for (uint32_t i = 0; i < n->shard_count; i++)
         d[k++] =
             DESC("inbox_node_raft_role",
@@ -1869,6 +2125,11 @@ static int options_check(struct node_options *o, char *err, size_t err_bytes)
         o->tick_interval_ms = NODE_TICK_MS_DEFAULT;
     if (!o->requests_max || o->requests_max > INBOX_NODE_REQUESTS_MAX)
         o->requests_max = INBOX_NODE_REQUESTS_MAX;
+    if (!o->retain_entries_max ||
+        o->retain_entries_max > INBOX_NODE_RETAIN_ENTRIES_MAX)
+        o->retain_entries_max = INBOX_NODE_RETAIN_ENTRIES_MAX;
+    if (o->snapshot_chunk_bytes > INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX)
+        o->snapshot_chunk_bytes = INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX;
     if (!o->checkpoint_interval_ms)
         o->checkpoint_interval_ms = NODE_CHECKPOINT_MS_DEFAULT;
     if (o->tick_interval_ms < INBOX_NODE_TICK_MS_MIN ||
@@ -1951,6 +2212,8 @@ static int alloc_buffers(struct node *n)
         return INBOX_ENOMEM;
     for (uint32_t i = 0; i < sc; i++) {
         n->shards[i].id = i;
+        snapshot_stage_init(&n->shards[i].stage);
+        snapshot_file_init(&n->shards[i].log.snap);
         (void)fmt(n->shards[i].label, sizeof(n->shards[i].label),
                   "shard=\"%u\"", i);
     }

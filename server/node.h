@@ -7,6 +7,8 @@
  *   DATA/node.meta   identity: node id, shard count, bootstrap membership
  *   DATA/wal/        the write-ahead log (engine/wal.h)
  *   DATA/store/      the LMDB store (engine/store.h)
+ *   DATA/snap/       snapshots sent to or received from other nodes
+ *                    (server/snapshot.h; scratch, emptied at start)
  *
  * Threads. node_open starts two threads: the node thread, which owns every
  * raft group and the store (every raft_* and store_* call happens there),
@@ -93,6 +95,13 @@ struct node_options {
      * given, node_id must be one of them. */
     uint32_t members_count;
     uint64_t members[INBOX_RAFT_VOTERS_MAX];
+    /* A leader's checkpoint keeps up to this many WAL entries that its
+     * slowest follower still lacks (past it the follower is caught up by a
+     * snapshot); 0 = INBOX_NODE_RETAIN_ENTRIES_MAX, larger is capped. */
+    uint64_t retain_entries_max;
+    /* Bytes of snapshot data per InstallSnapshot chunk between nodes;
+     * 0 = raft's default, capped at INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX. */
+    uint32_t snapshot_chunk_bytes;
     /* Where messages to other nodes go (NULL: dropped, single node). */
     node_send_cb send;
     void *send_arg;

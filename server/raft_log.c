@@ -17,6 +17,7 @@ void raft_log_init(struct raft_log *l, struct wal *wal, uint32_t shard,
     l->wal = wal;
     l->shard = shard;
     l->membership = *m;
+    snapshot_file_init(&l->snap);
 }
 
 void raft_log_free(struct raft_log *l)
@@ -27,6 +28,30 @@ void raft_log_free(struct raft_log *l)
     l->bufs = NULL;
     l->bufs_cap = 0;
     l->bufs_used = 0;
+    for (size_t i = 0; i < l->cbufs_cap; i++)
+        free(l->cbufs[i].p);
+    free(l->cbufs);
+    l->cbufs = NULL;
+    l->cbufs_cap = 0;
+    l->cbufs_used = 0;
+    snapshot_file_drop(&l->snap);
+}
+
+void raft_log_snapshots_enable(struct raft_log *l,
+                               const struct raft_log_snap_hooks *hooks)
+{
+    l->hooks = hooks;
+}
+
+void raft_log_snapshot_drop(struct raft_log *l)
+{
+    snapshot_file_drop(&l->snap);
+}
+
+void raft_log_set_membership(struct raft_log *l,
+                             const struct raft_membership *m)
+{
+    l->membership = *m;
 }
 
 void raft_log_reads_done(struct raft_log *l)
@@ -39,6 +64,36 @@ void raft_log_reads_done(struct raft_log *l)
         }
     }
     l->bufs_used = 0;
+    /* Chunk buffers: keep one for the next transfer, free the rest. */
+    for (size_t i = 1; i < l->cbufs_cap; i++) {
+        free(l->cbufs[i].p);
+        memset(&l->cbufs[i], 0, sizeof(l->cbufs[i]));
+    }
+    l->cbufs_used = 0;
+}
+
+/* A chunk buffer of at least max bytes for one snapshot_chunk() call. */
+static uint8_t *cbuf_take(struct raft_log *l, uint32_t max)
+{
+    if (l->cbufs_used == l->cbufs_cap) {
+        size_t cap = l->cbufs_cap ? l->cbufs_cap * 2u : 4u;
+        struct raft_log_cbuf *b = realloc(l->cbufs, cap * sizeof(*b));
+        if (!b)
+            return NULL;
+        memset(b + l->cbufs_cap, 0, (cap - l->cbufs_cap) * sizeof(*b));
+        l->cbufs = b;
+        l->cbufs_cap = cap;
+    }
+    struct raft_log_cbuf *b = &l->cbufs[l->cbufs_used];
+    if (b->cap < max) {
+        uint8_t *p = realloc(b->p, max);
+        if (!p)
+            return NULL;
+        b->p = p;
+        b->cap = max;
+    }
+    l->cbufs_used++;
+    return b->p;
 }
 
 /* A buffer for one entries() call, or NULL when out of memory. */
@@ -106,9 +161,9 @@ static int st_entries(void *ctx, uint64_t lo, uint64_t hi, uint64_t max_bytes,
     return 0;
 }
 
-static void st_snapshot(void *ctx, struct raft_snapshot_meta *out)
+/* The released prefix as a snapshot: what raft starts from. */
+static void release_meta(struct raft_log *l, struct raft_snapshot_meta *out)
 {
-    struct raft_log *l = ctx;
     uint64_t first = 1, last = 0, term = 0;
     (void)wal_range(l->wal, l->shard, &first, &last);
     memset(out, 0, sizeof(*out));
@@ -119,18 +174,47 @@ static void st_snapshot(void *ctx, struct raft_snapshot_meta *out)
     out->membership = l->membership;
 }
 
-/* Streaming the store's state of a shard to a lagging follower belongs to
- * the replication issue (store_snapshot_*); with one voter it never runs. */
+static void st_snapshot(void *ctx, struct raft_snapshot_meta *out)
+{
+    struct raft_log *l = ctx;
+    release_meta(l, out);
+    /* Before enabling (raft_create) and with nothing released, the release
+     * point is the answer: raft never sends a snapshot at index 0. */
+    if (!l->hooks || out->index == 0)
+        return;
+    if (l->snap.fd >= 0 && l->snap.meta.index >= out->index) {
+        *out = l->snap.meta;
+        return;
+    }
+    struct snapshot_file f;
+    if (l->hooks->make(l->hooks->ctx, l, out->index, &f) == 0) {
+        assert(f.fd >= 0 && f.meta.index >= out->index && f.meta.data_bytes);
+        snapshot_file_drop(&l->snap);
+        l->snap = f;
+        *out = l->snap.meta;
+        return;
+    }
+    /* No data to offer now: a meta that snapshot_chunk refuses, so raft
+     * goes back to probing instead of sending an empty snapshot. */
+    out->data_bytes = UINT64_MAX;
+}
+
 static int st_snapshot_chunk(void *ctx, uint64_t index, uint64_t offset,
                              uint32_t max, const uint8_t **data, uint32_t *len)
 {
-    (void)ctx;
-    (void)index;
-    (void)offset;
-    (void)max;
+    struct raft_log *l = ctx;
     *data = NULL;
     *len = 0;
-    return INBOX_EUNAVAILABLE;
+    if (l->snap.fd < 0 || index != l->snap.meta.index || max == 0)
+        return INBOX_EUNAVAILABLE;
+    uint8_t *buf = cbuf_take(l, max);
+    if (!buf)
+        return INBOX_ENOMEM;
+    int rc = snapshot_file_read(&l->snap, offset, buf, max, len);
+    if (rc != 0)
+        return rc;
+    *data = buf;
+    return 0;
 }
 
 void raft_log_storage(struct raft_log *l, struct raft_storage *out)
