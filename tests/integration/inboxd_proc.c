@@ -193,7 +193,7 @@ bool proc_log_contains(const struct inboxd_proc *p, const char *needle)
 
 /* A port the kernel just handed out for 127.0.0.1 (bound, then closed: it
  * may be taken again before inboxd binds it, which proc_start survives). */
-static uint16_t free_port(void)
+uint16_t proc_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
@@ -250,7 +250,7 @@ static int spawn(struct inboxd_proc *p)
 {
     char listen_arg[48];
     snprintf(listen_arg, sizeof listen_arg, "127.0.0.1:%u", (unsigned)p->port);
-    const char *argv[PROC_ARGS_MAX + 16];
+    const char *argv[PROC_ARGS_MAX + 24];
     size_t n = 0;
     argv[n++] = binary;
     argv[n++] = "--node-data-dir";
@@ -258,7 +258,15 @@ static int spawn(struct inboxd_proc *p)
     argv[n++] = "--node-listen";
     argv[n++] = listen_arg;
     argv[n++] = "--node-metrics";
-    argv[n++] = "";
+    argv[n++] = p->metrics;
+    if (p->tls_cert[0] != '\0') {
+        argv[n++] = "--tls-ca";
+        argv[n++] = p->ca;
+        argv[n++] = "--tls-cert";
+        argv[n++] = p->tls_cert;
+        argv[n++] = "--tls-key";
+        argv[n++] = p->tls_key;
+    }
     for (size_t i = 0; i < p->args_count; i++)
         argv[n++] = p->args[i];
     argv[n] = NULL;
@@ -334,7 +342,7 @@ int proc_start(struct inboxd_proc *p)
     if (binary == NULL || p->pid != 0)
         return -EINVAL;
     for (unsigned attempt = 0; attempt < START_ATTEMPTS_MAX; attempt++) {
-        p->port = free_port();
+        p->port = proc_free_port();
         if (p->port == 0)
             continue;
         snprintf(p->seed, sizeof p->seed, "127.0.0.1:%u", (unsigned)p->port);
@@ -351,6 +359,55 @@ int proc_start(struct inboxd_proc *p)
     }
     proc_log_tail(p, 30);
     return -EIO;
+}
+
+int proc_start_at(struct inboxd_proc *p, uint16_t port)
+{
+    if (port == 0)
+        return proc_start(p);
+    if (binary == NULL || p->pid != 0)
+        return -EINVAL;
+    p->port = port;
+    snprintf(p->seed, sizeof p->seed, "127.0.0.1:%u", (unsigned)p->port);
+    for (unsigned attempt = 0; attempt < START_ATTEMPTS_MAX; attempt++) {
+        if (attempt > 0)
+            proc_sleep_ms(200u * attempt);
+        int rc = spawn(p);
+        if (rc != 0) {
+            fprintf(stderr, "inboxd_proc: spawn: %s\n", strerror(-rc));
+            return rc;
+        }
+        rc = wait_ready(p);
+        if (rc == 0)
+            return 0;
+        if (rc < 0 || !proc_log_contains(p, "cannot listen"))
+            break; /* not a port still held: do not hide it */
+    }
+    proc_log_tail(p, 30);
+    return -EIO;
+}
+
+static int copy_path(char *out, const char *in)
+{
+    size_t len = strlen(in);
+    if (len >= PROC_PATH_BYTES)
+        return -ENAMETOOLONG;
+    memcpy(out, in, len + 1);
+    return 0;
+}
+
+int proc_set_tls(struct inboxd_proc *p, const char *ca, const char *node_crt,
+                 const char *node_key, const char *admin_crt,
+                 const char *admin_key)
+{
+    if (copy_path(p->ca, ca) != 0 || copy_path(p->tls_cert, node_crt) != 0 ||
+        copy_path(p->tls_key, node_key) != 0 ||
+        copy_path(p->admin_crt, admin_crt) != 0 ||
+        copy_path(p->admin_key, admin_key) != 0) {
+        p->tls_cert[0] = '\0';
+        return -ENAMETOOLONG;
+    }
+    return 0;
 }
 
 void proc_kill9(struct inboxd_proc *p)

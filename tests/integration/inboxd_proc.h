@@ -12,6 +12,12 @@
  * kernel to SIGKILL it when the test process dies (PR_SET_PDEATHSIG), so no
  * inboxd outlives a failed or killed test.
  *
+ * A cluster test fixes each node's port up front (the members list names
+ * them): proc_start_at starts on a given port, and a restart after
+ * proc_kill9 or proc_stop comes back on the same port and data directory.
+ * proc_set_tls hands a node certificates of the test's making (one CA for
+ * the whole cluster) instead of those inboxd makes for a node alone.
+ *
  * Not thread-safe: start and stop processes from the main thread only
  * (PR_SET_PDEATHSIG follows the thread that forked).
  */
@@ -42,6 +48,12 @@ struct inboxd_proc {
     /* Extra flags given to every start (e.g. "--node-id", "7"). */
     const char *args[PROC_ARGS_MAX];
     size_t args_count;
+    /* --node-metrics: "" (the default after proc_init) turns it off. */
+    char metrics[48];
+    /* Set by proc_set_tls: passed as --tls-cert / --tls-key (with
+     * --tls-ca = ca above); "" lets inboxd make its own. */
+    char tls_cert[PROC_PATH_BYTES];
+    char tls_key[PROC_PATH_BYTES];
 };
 
 /* The inboxd binary every proc runs (set once, from argv). */
@@ -58,6 +70,28 @@ void proc_add_args(struct inboxd_proc *p, const char *const *args,
  * through TLS, HELLO and ROUTE. 0, or nonzero with the reason and the log's
  * tail on stderr (the process is killed then). */
 int proc_start(struct inboxd_proc *p);
+
+/* Starts inboxd on `port` and waits like proc_start; port 0 is proc_start.
+ * The port is kept in p->port: to restart a stopped or killed node on the
+ * same port and data directory, pass p->port again. A start that finds the
+ * port still held (a listener of its previous life not yet gone) is retried
+ * on the same port, a few times, with a pause between. */
+int proc_start_at(struct inboxd_proc *p, uint16_t port);
+
+/* A port the kernel just handed out for 127.0.0.1, or 0. It is closed
+ * again, so another process may take it before inboxd binds it: a test
+ * that must fix ports up front (a cluster's members list) takes that small
+ * risk. */
+uint16_t proc_free_port(void);
+
+/* Makes every later start use these TLS files instead of the ones inboxd
+ * creates under DATA/tls: --tls-ca ca --tls-cert node_crt --tls-key
+ * node_key; and points p->ca and p->admin_crt / admin_key (what
+ * proc_client and the readiness probe use) at ca and admin_crt/admin_key.
+ * The strings are copied. 0 or -ENAMETOOLONG. */
+int proc_set_tls(struct inboxd_proc *p, const char *ca, const char *node_crt,
+                 const char *node_key, const char *admin_crt,
+                 const char *admin_key);
 
 /* SIGKILL and reap. No-op when not running. */
 void proc_kill9(struct inboxd_proc *p);
