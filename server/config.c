@@ -61,8 +61,12 @@ static const struct opt opts[] = {
         "shards of the inbox key space (fixed at cluster creation)"),
     STR("cluster", "members", members, "",
         "the cluster's nodes as id@host:port,... (their client ports, "
-        "which peers use too); must include node.id; empty: this node "
-        "alone"),
+        "which peers use too); must include node.id unless joining; empty: "
+        "this node alone"),
+    NUM("cluster", "join", OPT_U64, join, 0, 1, "0",
+        "1: this node joins a running cluster (cluster.members is then the "
+        "list the cluster was created with, without this node); add it "
+        "with `inboxctl cluster add-node`"),
     NUM("wal", "segment_bytes", OPT_SIZE, wal_segment_bytes,
         INBOX_WAL_SEGMENT_BYTES_MIN, INBOX_WAL_SEGMENT_BYTES_MAX, "64MiB",
         "WAL segment size"),
@@ -425,9 +429,18 @@ int config_validate(const struct config *c, char *err, size_t err_bytes)
     bool self = mc == 0;
     for (size_t i = 0; i < mc; i++)
         self |= ms[i].id == c->node_id;
-    if (!self) {
+    if (!self && !c->join) {
         seterr(err, err_bytes,
-               "cluster.members does not list this node (node.id %" PRIu64 ")",
+               "cluster.members does not list this node (node.id %" PRIu64
+               "); to add a node to a running cluster start it with "
+               "--cluster-join 1 and run `inboxctl cluster add-node`",
+               c->node_id);
+        return INBOX_EINVAL;
+    }
+    if (c->join && (mc == 0 || self)) {
+        seterr(err, err_bytes,
+               "cluster.join needs cluster.members: the nodes the cluster was "
+               "created with, without this one (node.id %" PRIu64 ")",
                c->node_id);
         return INBOX_EINVAL;
     }

@@ -39,6 +39,7 @@ struct config {
     /* [cluster] */
     uint64_t shard_count;
     char members[CONFIG_STRING_BYTES_MAX * 4]; /* id@host:port,... */
+    uint64_t join; /* 1: joining a running cluster (not in members) */
     /* [wal] */
     uint64_t wal_segment_bytes;
     /* [store] */

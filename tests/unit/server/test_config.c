@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "addrbook.h"
 #include "config.h"
 #include "inbox/error.h"
 
@@ -199,6 +200,13 @@ static void test_members(void **state)
     c.node_id = 4; /* not a member */
     assert_int_equal(config_validate(&c, err, sizeof err), INBOX_EINVAL);
     assert_non_null(strstr(err, "does not list this node"));
+    c.join = 1; /* joining: fine without being listed */
+    assert_int_equal(config_validate(&c, err, sizeof err), 0);
+    c.node_id = 2; /* joining but listed: a contradiction */
+    assert_int_equal(config_validate(&c, err, sizeof err), INBOX_EINVAL);
+    assert_non_null(strstr(err, "cluster.join"));
+    c.join = 0;
+    c.node_id = 1;
 
     static const char *const bad[] = {
         "1@127.0.0.1",                                     /* no port */
@@ -218,6 +226,65 @@ static void test_members(void **state)
                          INBOX_EINVAL);
         assert_non_null(strstr(err, "cluster.members"));
     }
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* DATA/peers: round trip, updates, and every corruption refused. */
+static void test_addrbook(void **state)
+{
+    (void)state;
+    char dir[] = "addrbook-test-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256], err[256];
+    snprintf(path, sizeof path, "%s/%s", dir, ADDRBOOK_FILE);
+    struct addrbook b, r;
+    assert_int_equal(addrbook_load(dir, &b, err, sizeof err), 0);
+    assert_int_equal(b.count, 0); /* no file yet: empty */
+    assert_int_equal(addrbook_set(&b, 3, "127.0.0.1:7440"), 1);
+    assert_int_equal(addrbook_set(&b, 1, "127.0.0.1:7420"), 1);
+    assert_int_equal(addrbook_set(&b, 1, "127.0.0.1:7420"), 0); /* same */
+    assert_int_equal(addrbook_set(&b, 1, "[::1]:7420"), 1);     /* moved */
+    assert_int_equal(addrbook_set(&b, 0, "h:1"), INBOX_EINVAL);
+    assert_int_equal(addrbook_set(&b, 2, "no-port"), INBOX_EINVAL);
+    assert_int_equal(addrbook_set(&b, 2, "a b:1"), INBOX_EINVAL);
+    assert_int_equal(addrbook_save(dir, &b), 0);
+    assert_int_equal(addrbook_load(dir, &r, err, sizeof err), 0);
+    assert_int_equal(r.count, 2);
+    assert_true(r.nodes[0].id == 1 &&
+                strcmp(r.nodes[0].addr, "[::1]:7420") == 0);
+    assert_string_equal(addrbook_get(&r, 3), "127.0.0.1:7440");
+    assert_null(addrbook_get(&r, 2));
+    for (uint64_t id = 10; id < 10 + ADDRBOOK_NODES_MAX - 2; id++)
+        assert_int_equal(addrbook_set(&r, id, "h:1"), 1);
+    assert_int_equal(addrbook_set(&r, 99, "h:1"), INBOX_ERANGE); /* full */
+
+    static const char *const bad[] = {
+        "inboxd-peers 2\nend 0\n",               /* another version */
+        "inboxd-peers 1\n1 h:1\n",               /* cut short: no end */
+        "inboxd-peers 1\n1 h:1\nend 2\n",        /* count disagrees */
+        "inboxd-peers 1\n2 h:1\n1 h:2\nend 2\n", /* not ascending */
+        "inboxd-peers 1\n1 nowhere\nend 1\n",    /* no port */
+        "inboxd-peers 1\n0 h:1\nend 1\n",        /* id 0 */
+        "inboxd-peers 1\nend 0\nmore\n",         /* after the end */
+        "inboxd-peers 1\nend 0",                 /* last line unended */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_file(path, bad[i]);
+        err[0] = '\0';
+        assert_int_equal(addrbook_load(dir, &r, err, sizeof err),
+                         INBOX_ECORRUPT);
+        assert_non_null(strstr(err, ADDRBOOK_FILE ":"));
+        assert_int_equal(r.count, 0);
+    }
+    unlink(path);
+    rmdir(dir);
 }
 
 static void test_units(void **state)
@@ -251,6 +318,7 @@ int main(void)
         cmocka_unit_test(test_validate_relations),
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_members),
+        cmocka_unit_test(test_addrbook),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
