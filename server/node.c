@@ -46,6 +46,16 @@
  *      durable_lsn >= wait_lsn of the ready that persisted it).
  *   4. Once n->failed is set, no new entry is proposed and every write in
  *      flight is answered INBOX_EFAILED.
+ *   5. s->log.membership is the shard's membership at its WAL release
+ *      point, and DATA/members (n->mrecs) says so durably before any
+ *      release or snapshot install moves that point past a membership
+ *      change (membership_before_release, install_snapshot).
+ *
+ * Membership changes (docs/node.md): node_member_add/remove queue targets
+ * (n->targets, under mu) that the node thread merges into n->tg and works
+ * on for the shards it leads (members_drive, on every tick); any leader
+ * promotes caught-up learners (promote_learners). node_transfer_leader
+ * sets s->xfer_to, run by transfers_run.
  */
 #include "node.h"
 
@@ -64,6 +74,7 @@
 #include "config.h"
 #include "inbox/error.h"
 #include "log.h"
+#include "members.h"
 #include "node_meta.h"
 #include "raft.h"
 #include "raft_log.h"
@@ -212,10 +223,21 @@ struct shard {
     /* Term and vote of the last hard state written: a ready whose hard
      * state changes only the commit index need not wait for a sync. */
     uint64_t hs_term, hs_vote;
-    /* Lowest index of a configuration entry applied above the release
-     * point (0: none). The WAL is not released past it: the membership
-     * at the release point must stay recoverable (docs/node.md). */
-    uint64_t conf_floor;
+    /* Configuration entries above the release point: none below
+     * conf_from (0: none known at all), none above conf_hi. A checkpoint
+     * releasing past conf_from reads them back to compute the membership
+     * at its new release point (docs/node.md, "Membership"). */
+    uint64_t conf_from, conf_hi;
+    /* The membership at the release point a checkpoint is about to
+     * release to (valid while memb_next_ok). */
+    struct raft_membership memb_next;
+    bool memb_next_ok;
+    /* A leadership transfer asked by node_transfer_leader: 0 none,
+     * UINT64_MAX the most caught-up other voter, else that voter. */
+    _Atomic uint64_t xfer_to;
+    /* The membership last published (node thread) and the published copy
+     * (under n->memb_mu, for node_shard_members). */
+    struct raft_membership memb_seen, memb_pub;
     enum raft_role role_seen;
     uint32_t role_changes; /* since start, for the log level above */
     struct pq incoming, proposed, reading, read_wait, retry;
@@ -231,6 +253,7 @@ struct shard {
     /* published for node_status (relaxed atomics) */
     _Atomic uint64_t st_role, st_term, st_leader, st_commit, st_applied,
         st_last, st_released;
+    _Atomic bool st_voter, st_learner;
     struct metrics_gauge g_role, g_term;
     char label[24];
 };
@@ -260,12 +283,23 @@ struct node_metrics {
     struct metrics_histogram snapshot_install_us;
 };
 
+/* A membership request the node keeps retrying (node_member_add/remove). */
+struct member_target {
+    uint64_t id;
+    bool remove;
+};
+
 struct node {
     struct node_options o;
     char data_dir[PATH_BYTES_MAX];
     char snap_dir[PATH_BYTES_MAX];
     struct raft_log_snap_hooks snap_hooks;
     struct raft_membership boot;
+    /* DATA/members as on disk, normalized at start-up so that each
+     * present record's index is at or below its shard's release point and
+     * its membership is the one there (node thread after start). */
+    struct members_rec *mrecs;
+    pthread_mutex_t memb_mu; /* guards every shard's memb_pub */
     uint32_t shard_count;
     struct shard *shards;
     struct wal *wal;
@@ -294,6 +328,13 @@ struct node {
     int ckpt_rc;
     struct inbatch *in_head, *in_tail; /* peer batches not yet stepped */
     uint64_t in_bytes;
+    struct member_target targets[NODE_MEMBER_TARGETS_MAX]; /* new ones */
+    uint32_t targets_count;
+    bool member_kick; /* new targets or a transfer to look at */
+    _Atomic bool xfer_pending;
+    /* node thread only: the targets being worked on */
+    struct member_target tg[NODE_MEMBER_TARGETS_MAX];
+    uint32_t tg_count;
 
     _Atomic bool accepting;
     _Atomic int failed;
@@ -831,8 +872,12 @@ static int apply_committed(struct node *n, struct shard *s,
     for (size_t i = 0; i < count; i++) {
         const struct raft_entry *e = &rd->committed[i];
         bool conf = e->type == RAFT_ENTRY_CONF;
-        if (conf && s->conf_floor == 0)
-            s->conf_floor = e->index;
+        if (conf) {
+            if (s->conf_from == 0 || e->index < s->conf_from)
+                s->conf_from = e->index;
+            if (e->index > s->conf_hi)
+                s->conf_hi = e->index;
+        }
         n->sents[i].shard = s->id;
         n->sents[i].index = e->index;
         n->sents[i].term = e->term;
@@ -926,7 +971,8 @@ static void send_msgs(struct node *n, const struct raft_msg *msgs, size_t count)
     }
 }
 
-static void publish(struct shard *s);
+static void publish(struct node *n, struct shard *s);
+static void publish_membership(struct node *n, struct shard *s);
 static void mark_dirty(struct node *n, struct shard *s);
 
 /* Park an encoded message of a shard that is in a ready cycle. */
@@ -1011,8 +1057,9 @@ static void step_parked(struct node *n, struct shard *s)
     }
 }
 
-static void publish(struct shard *s)
+static void publish(struct node *n, struct shard *s)
 {
+    publish_membership(n, s);
     atomic_store_explicit(&s->st_role, (uint64_t)raft_role(s->r),
                           memory_order_relaxed);
     atomic_store_explicit(&s->st_term, raft_term(s->r), memory_order_relaxed);
@@ -1026,6 +1073,25 @@ static void publish(struct shard *s)
     atomic_store_explicit(&s->st_released, s->released, memory_order_relaxed);
     metrics_gauge_set(&s->g_role, (int64_t)raft_role(s->r));
     metrics_gauge_set(&s->g_term, (int64_t)raft_term(s->r));
+}
+
+/* The membership, for node_shard_members and node_status: copied under
+ * memb_mu only when it changed (rare), so a pass costs a compare. */
+static void publish_membership(struct node *n, struct shard *s)
+{
+    const struct raft_membership *m = raft_membership(s->r);
+    if (memcmp(m, &s->memb_seen, sizeof(*m)) == 0)
+        return;
+    s->memb_seen = *m;
+    pthread_mutex_lock(&n->memb_mu);
+    s->memb_pub = *m;
+    pthread_mutex_unlock(&n->memb_mu);
+    atomic_store_explicit(&s->st_voter,
+                          raft_membership_is_voter(m, n->o.node_id),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->st_learner,
+                          raft_membership_is_learner(m, n->o.node_id),
+                          memory_order_relaxed);
 }
 
 #ifndef NDEBUG
@@ -1097,7 +1163,7 @@ static void finish_ready(struct node *n, struct shard *s)
         next = p->next;
         shard_dispatch(n, s, p);
     }
-    publish(s);
+    publish(n, s);
     mark_dirty(n, s);
     assert(check_shard(s));
 }
@@ -1267,27 +1333,24 @@ static int wal_reset_to(struct wal *wal, uint32_t shard, uint64_t index,
     return wal_release_prefix(wal, shard, index, term);
 }
 
-static bool member_of(const uint64_t *ids, uint32_t count, uint64_t id)
+/* The shard's record in DATA/members now says: membership m as of index
+ * (written before what makes it true: the release or the install; until
+ * then the record it replaces, kept as prev, is the one in effect). The
+ * in-memory record is normalized (present: its index is at or below the
+ * release point and m is s->log.membership; absent: the bootstrap one),
+ * so it becomes prev as it is. */
+static void members_rec_set(struct node *n, struct shard *s, uint64_t index,
+                            const struct raft_membership *m)
 {
-    for (uint32_t i = 0; i < count; i++)
-        if (ids[i] == id)
-            return true;
-    return false;
-}
-
-static bool membership_same(const struct raft_membership *a,
-                            const struct raft_membership *b)
-{
-    if (a->voters_count != b->voters_count ||
-        a->learners_count != b->learners_count)
-        return false;
-    for (uint32_t i = 0; i < a->voters_count; i++)
-        if (!member_of(b->voters, b->voters_count, a->voters[i]))
-            return false;
-    for (uint32_t i = 0; i < a->learners_count; i++)
-        if (!member_of(b->learners, b->learners_count, a->learners[i]))
-            return false;
-    return true;
+    struct members_rec *r = &n->mrecs[s->id];
+    assert(r->present ? r->index <= s->released &&
+                            members_same(&r->m, &s->log.membership)
+                      : members_same(&n->boot, &s->log.membership));
+    r->prev = s->log.membership;
+    r->prev_index = r->present ? r->index : 0;
+    r->m = *m;
+    r->index = index;
+    r->present = true;
 }
 
 /* Follower, step 2 of raft.h's loop for rd.snapshot (its last chunk was
@@ -1295,10 +1358,15 @@ static bool membership_same(const struct raft_membership *a,
  * crash anywhere leaves a state that start-up makes whole (docs/node.md):
  *   1. the store's shard state := the staged snapshot (in the store's
  *      open transaction: a crash drops it, nothing changed);
- *   2. store_checkpoint: the store is durable at the snapshot index (a
+ *   2. if the snapshot's membership is not the one at our release point:
+ *      DATA/members gets (snapshot index, its membership), the old record
+ *      kept as prev (a crash now: the record is ahead of the WAL's release
+ *      point, so start-up uses prev, and nothing else changed);
+ *   3. store_checkpoint: the store is durable at the snapshot index (a
  *      crash now leaves the store ahead of the WAL: shard_start finishes
- *      the install, finish_interrupted_install);
- *   3. the WAL's log of the shard restarts after the snapshot index
+ *      the install, finish_interrupted_install, and the record of step 2
+ *      is then in effect);
+ *   4. the WAL's log of the shard restarts after the snapshot index
  *      (wal_reset_to, synced): only now may the WAL forget anything.
  * Then the ready's entries (past the index) and hard state are persisted
  * as usual. Returns 0, or the error after node_fail. */
@@ -1307,15 +1375,18 @@ static int install_snapshot(struct node *n, struct shard *s,
 {
     uint64_t t0 = mono_us();
     const char *what = "snapshot membership";
-    int rc = INBOX_EUNAVAILABLE;
-    /* A restart rebuilds the membership at the release point from
-     * node.meta; until a shard's membership is persisted with its log,
-     * a snapshot carrying another one cannot be installed durably. */
-    if (!membership_same(&m->membership, &n->boot))
+    int rc = INBOX_ECORRUPT;
+    if (!members_valid(&m->membership))
         goto err;
     what = "snapshot restore";
     if ((rc = snapshot_stage_restore(&s->stage, n->store, s->id, m)) != 0)
         goto err;
+    if (!members_same(&m->membership, &s->log.membership)) {
+        what = "members write (snapshot install)";
+        members_rec_set(n, s, m->index, &m->membership);
+        if ((rc = members_write(n->data_dir, n->shard_count, n->mrecs)) != 0)
+            goto err;
+    }
     what = "store_checkpoint (snapshot install)";
     if ((rc = store_checkpoint(n->store)) != 0)
         goto err;
@@ -1327,7 +1398,7 @@ static int install_snapshot(struct node *n, struct shard *s,
     raft_log_set_membership(&s->log, &m->membership);
     s->released = m->index;
     s->applied = m->index;
-    s->conf_floor = 0;
+    s->conf_from = s->conf_hi = 0;
     /* Our proposals at or below the index (from an earlier term as leader)
      * are either in the snapshot or gone; which one is unknown. */
     while (s->proposed.head && s->proposed.head->index <= m->index)
@@ -1511,6 +1582,8 @@ static void complete_durable(struct node *n, uint64_t durable)
     n->waiting_count = k;
 }
 
+static void members_drive(struct node *n);
+
 static void tick_all(struct node *n)
 {
     for (uint32_t i = 0; i < n->shard_count; i++) {
@@ -1520,9 +1593,225 @@ static void tick_all(struct node *n)
             continue;
         }
         raft_tick(s->r);
-        publish(s);
+        publish(n, s);
         mark_dirty(n, s);
     }
+    members_drive(n);
+}
+
+/* ---- membership changes (docs/node.md, "Membership changes") ------------ */
+
+static const char *conf_op_name(uint32_t op)
+{
+    switch (op) {
+    case RAFT_CONF_ADD_LEARNER:
+        return "add_learner";
+    case RAFT_CONF_PROMOTE:
+        return "promote";
+    case RAFT_CONF_ADD_VOTER:
+        return "add_voter";
+    case RAFT_CONF_REMOVE:
+        return "remove";
+    default:
+        return "?";
+    }
+}
+
+/* May the node thread call this shard's raft and does it lead? */
+static bool leads_now(const struct node *n, const struct shard *s)
+{
+    return !s->in_ready && atomic_load(&n->failed) == 0 &&
+           raft_role(s->r) == RAFT_LEADER;
+}
+
+/* The voter other than this node with the highest match (0: none). */
+static uint64_t best_other_voter(const struct node *n, const struct shard *s)
+{
+    const struct raft_membership *m = raft_membership(s->r);
+    uint64_t best = 0, best_match = 0;
+    for (uint32_t i = 0; i < m->voters_count; i++) {
+        struct raft_progress_info pi;
+        uint64_t id = m->voters[i];
+        if (id == n->o.node_id || raft_progress_of(s->r, id, &pi) != 0)
+            continue;
+        if (best == 0 || pi.match > best_match) {
+            best = id;
+            best_match = pi.match;
+        }
+    }
+    return best;
+}
+
+/* Leader: hand the shard to `to` (UINT64_MAX: the most caught-up other
+ * voter), Raft dissertation §3.10. Raft brings it up to date and sends
+ * TIMEOUT_NOW; the transfer is abandoned after an election timeout. */
+static void transfer_leader(struct node *n, struct shard *s, uint64_t to)
+{
+    if (to == UINT64_MAX)
+        to = best_other_voter(n, s);
+    if (to == 0)
+        return;
+    int rc = raft_transfer_leader(s->r, to);
+    if (rc == 0)
+        log_info("node", "leadership transfer started",
+                 "shard=%u to=%llu term=%llu", s->id, (unsigned long long)to,
+                 (unsigned long long)raft_term(s->r));
+    mark_dirty(n, s);
+}
+
+/* Leader: propose one single-server change (raft refuses a second one
+ * while one is uncommitted: INBOX_ECONF_CHANGE_PENDING, retried on the
+ * next tick). */
+static int conf_change(struct node *n, struct shard *s, uint32_t op,
+                       uint64_t id)
+{
+    struct raft_conf_change cc = {.op = op, .node_id = id};
+    uint64_t index = 0;
+    int rc = raft_propose_conf_change(s->r, &cc, &index);
+    if (rc == 0) {
+        log_info("node", "membership change proposed",
+                 "shard=%u op=%s node=%llu index=%llu term=%llu", s->id,
+                 conf_op_name(op), (unsigned long long)id,
+                 (unsigned long long)index,
+                 (unsigned long long)raft_term(s->r));
+        mark_dirty(n, s);
+    }
+    return rc;
+}
+
+static bool target_removing(const struct node *n, uint64_t id)
+{
+    for (uint32_t i = 0; i < n->tg_count; i++)
+        if (n->tg[i].id == id && n->tg[i].remove)
+            return true;
+    return false;
+}
+
+/* Leader: promote a learner that caught up — its match is nonzero and
+ * within NODE_PROMOTE_LAG_MAX of our last index — one change at a time.
+ * A learner still behind would count toward the quorum the moment its
+ * PROMOTE is appended and could stall every commit until it caught up. */
+static void promote_learners(struct node *n, struct shard *s)
+{
+    const struct raft_membership *m = raft_membership(s->r);
+    uint64_t last = raft_last_index(s->r);
+    for (uint32_t i = 0; i < m->learners_count; i++) {
+        uint64_t id = m->learners[i];
+        struct raft_progress_info pi;
+        if (target_removing(n, id) || raft_progress_of(s->r, id, &pi) != 0 ||
+            pi.match == 0 || pi.match + NODE_PROMOTE_LAG_MAX < last)
+            continue;
+        if (conf_change(n, s, RAFT_CONF_PROMOTE, id) != INBOX_EINVAL)
+            return; /* proposed (m changed under us), or one is pending */
+    }
+}
+
+/* Leader: one step towards target t in shard s. True if a change or a
+ * transfer was started (the shard's other targets wait for the next
+ * tick: one conf change at a time). */
+static bool target_act(struct node *n, struct shard *s,
+                       const struct member_target *t)
+{
+    const struct raft_membership *m = raft_membership(s->r);
+    bool voter = raft_membership_is_voter(m, t->id);
+    bool learner = raft_membership_is_learner(m, t->id);
+    if (!t->remove) {
+        if (voter || learner)
+            return false; /* promote_learners takes it from here */
+        return conf_change(n, s, RAFT_CONF_ADD_LEARNER, t->id) == 0;
+    }
+    if (t->id == n->o.node_id) {
+        /* A leader does not remove itself: it hands the shard over, and
+         * the new leader removes it when asked (node_member_remove). */
+        if (voter && raft_role(s->r) == RAFT_LEADER)
+            transfer_leader(n, s, UINT64_MAX);
+        return true;
+    }
+    if (voter && m->voters_count <= 1)
+        return false; /* never the last voter */
+    return conf_change(n, s, RAFT_CONF_REMOVE, t->id) == 0;
+}
+
+/* On every tick (and when a request arrives): for every shard this node
+ * leads, work on the pending targets, then promote caught-up learners.
+ * A target is done once every shard, as this node sees it, has it as a
+ * voter (add) or not at all (remove). */
+static void members_drive(struct node *n)
+{
+    if (atomic_load(&n->failed) != 0)
+        return;
+    bool done[NODE_MEMBER_TARGETS_MAX];
+    for (uint32_t t = 0; t < n->tg_count; t++)
+        done[t] = true;
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        struct shard *s = &n->shards[i];
+        bool lead = leads_now(n, s), acted = false;
+        for (uint32_t t = 0; t < n->tg_count; t++) {
+            const struct member_target *tg = &n->tg[t];
+            const struct raft_membership *m = raft_membership(s->r);
+            bool voter = raft_membership_is_voter(m, tg->id);
+            bool goal = tg->remove
+                            ? !voter && !raft_membership_is_learner(m, tg->id)
+                            : voter;
+            if (goal)
+                continue;
+            done[t] = false;
+            if (lead && !acted)
+                acted = target_act(n, s, tg);
+        }
+        if (lead && !acted && raft_role(s->r) == RAFT_LEADER)
+            promote_learners(n, s);
+    }
+    uint32_t k = 0;
+    for (uint32_t t = 0; t < n->tg_count; t++) {
+        if (done[t]) {
+            log_info("node", "membership request done", "op=%s node=%llu",
+                     n->tg[t].remove ? "remove" : "add",
+                     (unsigned long long)n->tg[t].id);
+            continue;
+        }
+        n->tg[k++] = n->tg[t];
+    }
+    n->tg_count = k;
+}
+
+/* Add t to a bounded target list: a request for the same id replaces the
+ * older one; past the bound the oldest goes. */
+static void targets_put(struct member_target *list, uint32_t *count,
+                        const struct member_target *t)
+{
+    for (uint32_t i = 0; i < *count; i++) {
+        if (list[i].id == t->id) {
+            list[i] = *t;
+            return;
+        }
+    }
+    if (*count == NODE_MEMBER_TARGETS_MAX) {
+        memmove(list, list + 1, (*count - 1u) * sizeof(*list));
+        (*count)--;
+    }
+    list[(*count)++] = *t;
+}
+
+/* Transfers asked by node_transfer_leader. A shard in its ready cycle
+ * keeps its request for the next pass. */
+static void transfers_run(struct node *n)
+{
+    bool again = false;
+    for (uint32_t i = 0; i < n->shard_count; i++) {
+        struct shard *s = &n->shards[i];
+        if (atomic_load_explicit(&s->xfer_to, memory_order_relaxed) == 0)
+            continue;
+        if (s->in_ready) {
+            again = true;
+            continue;
+        }
+        uint64_t to = atomic_exchange(&s->xfer_to, 0);
+        if (to != 0 && leads_now(n, s))
+            transfer_leader(n, s, to);
+    }
+    if (again)
+        atomic_store(&n->xfer_pending, true);
 }
 
 /* ---- checkpoints -------------------------------------------------------- */
@@ -1549,9 +1838,51 @@ static uint64_t retain_for_followers(const struct node *n,
     return floor;
 }
 
+/* The membership at d, the release point a checkpoint is about to move s
+ * to: the one at the current release point plus the configuration
+ * entries in (released, d], read back from the WAL (only from conf_from:
+ * below it there are none). When it differs, the shard's DATA/members
+ * record is updated in memory (*changed; the caller writes the file
+ * before releasing). */
+static int membership_before_release(struct node *n, struct shard *s,
+                                     uint64_t d, bool *changed)
+{
+    s->memb_next_ok = false;
+    if (s->conf_from == 0 || d < s->conf_from)
+        return 0; /* no configuration entry in (released, d] */
+    struct raft_membership m = s->log.membership;
+    uint64_t lo = s->conf_from > s->released ? s->conf_from : s->released + 1u;
+    uint64_t last_conf = 0;
+    int rc = snapshot_conf_scan(n->wal, s->id, lo, d, &m, &last_conf);
+    if (rc != 0)
+        return rc;
+    s->memb_next = m;
+    s->memb_next_ok = true;
+    if (last_conf != 0 && !members_same(&m, &s->log.membership)) {
+        members_rec_set(n, s, last_conf, &m);
+        *changed = true;
+    }
+    return 0;
+}
+
+/* The release to d is durable: the membership computed for it is the one
+ * at the release point now. */
+static void membership_released(struct shard *s, uint64_t d)
+{
+    if (!s->memb_next_ok)
+        return;
+    raft_log_set_membership(&s->log, &s->memb_next);
+    s->memb_next_ok = false;
+    /* Entries above d that are configuration entries: at most those in
+     * (d, conf_hi]; start looking right after d next time. */
+    s->conf_from = s->conf_hi > d ? d + 1u : 0;
+}
+
 /* Commit the store (full sync), then release every shard's WAL prefix up to
  * what the store now holds durably (and no follower still needs), so old
- * segments get deleted. */
+ * segments get deleted. A shard released past configuration entries gets
+ * its membership at the new release point written to DATA/members first
+ * (one file write for all of them), so a restart finds it. */
 static int checkpoint(struct node *n)
 {
     if (atomic_load(&n->failed) != 0)
@@ -1566,20 +1897,35 @@ static int checkpoint(struct node *n)
         return rc;
     }
     size_t k = 0;
+    bool members_changed = false;
     for (uint32_t i = 0; i < n->shard_count; i++) {
         struct shard *s = &n->shards[i];
         uint64_t d = 0, term = 0;
         if (store_durable_index(n->store, s->id, &d) != 0)
             continue;
-        if (s->conf_floor != 0 && d >= s->conf_floor)
-            d = s->conf_floor - 1u;
         d = retain_for_followers(n, s, d);
         if (d <= s->released || wal_term(n->wal, s->id, d, &term) != 0)
             continue;
+        rc = membership_before_release(n, s, d, &members_changed);
+        if (rc != 0) {
+            /* The WAL lacks entries it should hold: keep this shard's log
+             * whole rather than lose its membership. */
+            log_error("node", "cannot read configuration entries back",
+                      "shard=%u from=%llu to=%llu err=%s", s->id,
+                      (unsigned long long)s->released, (unsigned long long)d,
+                      inbox_err_name(rc));
+            continue;
+        }
         n->rels[k].shard = s->id;
         n->rels[k].index = d;
         n->rels[k].term = term;
         k++;
+    }
+    /* Durable before any release makes it true (DATA/members). */
+    if (members_changed &&
+        (rc = members_write(n->data_dir, n->shard_count, n->mrecs)) != 0) {
+        node_fail(n, "members write (checkpoint)", rc);
+        return rc;
     }
     for (size_t done = 0; done < k;) {
         size_t chunk = k - done;
@@ -1593,7 +1939,8 @@ static int checkpoint(struct node *n)
         for (size_t i = done; i < done + chunk; i++) {
             struct shard *s = &n->shards[n->rels[i].shard];
             s->released = n->rels[i].index;
-            publish(s);
+            membership_released(s, s->released);
+            publish(n, s);
         }
         done += chunk;
     }
@@ -1620,15 +1967,47 @@ static void raft_free(void *ctx, void *p, size_t size)
     free(p);
 }
 
+/* The membership at the shard's release point R: its DATA/members record
+ * (or the bootstrap one), normalized so the in-memory record is the one in
+ * effect at R (a crash between writing a record and the release it
+ * announced leaves it ahead of R: its prev is in effect). Configuration
+ * entries above R are raft's to read back; the next checkpoint looks for
+ * them from R + 1. */
+static int shard_membership(struct node *n, struct shard *s,
+                            struct raft_membership *m)
+{
+    uint64_t first = 1, last = 0, index = 0;
+    (void)wal_range(n->wal, s->id, &first, &last);
+    uint64_t release = first - 1u;
+    struct members_rec *r = &n->mrecs[s->id];
+    int rc = members_effective(r, release, &n->boot, m, &index);
+    if (rc != 0) {
+        (void)fmt(
+            n->errmsg, sizeof(n->errmsg),
+            "%s/%s: shard %u's record (index %llu, previous %llu) is "
+            "ahead of its WAL release point %llu",
+            n->data_dir, MEMBERS_FILE, s->id, (unsigned long long)r->index,
+            (unsigned long long)r->prev_index, (unsigned long long)release);
+        return rc;
+    }
+    if (r->present && r->index > release) {
+        log_warn("node",
+                 "membership record ahead of the WAL: using the "
+                 "previous one",
+                 "shard=%u index=%llu release=%llu", s->id,
+                 (unsigned long long)r->index, (unsigned long long)release);
+        r->m = r->prev;
+        r->index = r->prev_index;
+    }
+    s->conf_from = last > release ? release + 1u : 0;
+    s->conf_hi = last;
+    return 0;
+}
+
 static int shard_start(struct node *n, struct shard *s)
 {
-    raft_log_init(&s->log, n->wal, s->id, &n->boot);
-    struct raft_hard_state hs;
-    int rc = raft_log_hard_state(&s->log, &hs);
-    if (rc != 0)
-        return rc;
     struct store_shard_info info;
-    rc = store_applied(n->store, s->id, &info);
+    int rc = store_applied(n->store, s->id, &info);
     if (rc != 0)
         return rc;
     snapshot_stage_init(&s->stage);
@@ -1640,6 +2019,15 @@ static int shard_start(struct node *n, struct shard *s)
                   inbox_strerror(rc));
         return rc;
     }
+    struct raft_membership memb;
+    rc = shard_membership(n, s, &memb);
+    if (rc != 0)
+        return rc;
+    raft_log_init(&s->log, n->wal, s->id, &memb);
+    struct raft_hard_state hs;
+    rc = raft_log_hard_state(&s->log, &hs);
+    if (rc != 0)
+        return rc;
     /* The store applies only committed entries, so whatever it applied is
      * committed, even if the commit-only hard state that said so was not
      * yet synced when the node stopped (start_ready does not wait for
@@ -1690,7 +2078,7 @@ static int shard_start(struct node *n, struct shard *s)
     if (single_self_voter(n, raft_membership(s->r)))
         (void)raft_campaign(s->r);
     s->role_seen = RAFT_FOLLOWER;
-    publish(s);
+    publish(n, s);
     mark_dirty(n, s);
     return 0;
 }
@@ -1792,7 +2180,7 @@ static void wait_for_work(struct node *n, uint64_t seen_durable, int seen_stop,
 {
     pthread_mutex_lock(&n->mu);
     while (!n->sub_head && !n->in_head && n->durable_lsn == seen_durable &&
-           !n->sync_err && n->stop == seen_stop &&
+           !n->sync_err && n->stop == seen_stop && !n->member_kick &&
            n->ckpt_asked == n->ckpt_done) {
         uint64_t now = mono_ms();
         if (now >= wake_at_ms)
@@ -1839,6 +2227,11 @@ static void node_loop(struct node *n)
         stop = n->stop;
         bool ckpt_asked = n->ckpt_asked != n->ckpt_done;
         uint64_t ckpt_ticket = n->ckpt_asked;
+        bool kick = n->member_kick;
+        n->member_kick = false;
+        for (uint32_t i = 0; i < n->targets_count; i++)
+            targets_put(n->tg, &n->tg_count, &n->targets[i]);
+        n->targets_count = 0;
         pthread_mutex_unlock(&n->mu);
 
         if (stop == 2) {
@@ -1856,6 +2249,10 @@ static void node_loop(struct node *n)
                 step_batch(n, b->data, b->len, true);
         inbatches_free(in);
         dispatch_requests(n, list);
+        if (atomic_exchange(&n->xfer_pending, false))
+            transfers_run(n);
+        if (kick)
+            members_drive(n);
         uint64_t now = mono_ms();
         if (now >= next_tick) {
             tick_all(n);
@@ -2115,7 +2512,13 @@ static int options_check(struct node_options *o, char *err, size_t err_bytes)
             }
         self_member |= o->members[i] == o->node_id;
     }
-    if (!self_member) {
+    if (o->join && o->members_count == 0) {
+        (void)fmt(err, err_bytes,
+                  "a joining node needs the members the cluster was created "
+                  "with");
+        return INBOX_EINVAL;
+    }
+    if (!self_member && !o->join) {
         (void)fmt(err, err_bytes,
                   "node %llu is not among the bootstrap members",
                   (unsigned long long)o->node_id);
@@ -2206,9 +2609,10 @@ static int alloc_buffers(struct node *n)
     n->tmp_seen = calloc(INBOX_SEEN_GET_INBOXES_MAX, sizeof(*n->tmp_seen));
     n->fetch_buf = calloc(INBOX_FETCH_MESSAGES_MAX, sizeof(*n->fetch_buf));
     n->wire_ents = calloc(INBOX_RAFT_MSG_ENTRIES_MAX, sizeof(*n->wire_ents));
-    if (!n->shards || !n->dirty || !n->dirty_scratch || !n->waiting ||
-        !n->rels || !n->cmd_buf || !n->tmp_targets || !n->tmp_refs ||
-        !n->tmp_seen || !n->fetch_buf || !n->wire_ents)
+    n->mrecs = calloc(sc, sizeof(*n->mrecs));
+    if (!n->mrecs || !n->shards || !n->dirty || !n->dirty_scratch ||
+        !n->waiting || !n->rels || !n->cmd_buf || !n->tmp_targets ||
+        !n->tmp_refs || !n->tmp_seen || !n->fetch_buf || !n->wire_ents)
         return INBOX_ENOMEM;
     for (uint32_t i = 0; i < sc; i++) {
         n->shards[i].id = i;
@@ -2250,7 +2654,9 @@ static void node_free(struct node *n)
     pthread_cond_destroy(&n->cv);
     pthread_cond_destroy(&n->sync_cv);
     pthread_cond_destroy(&n->ctl_cv);
+    pthread_mutex_destroy(&n->memb_mu);
     pthread_mutex_destroy(&n->mu);
+    free(n->mrecs);
     free(n);
 }
 
@@ -2261,6 +2667,7 @@ static int sync_init(struct node *n)
         return INBOX_ENOMEM;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     int rc = pthread_mutex_init(&n->mu, NULL) ||
+                     pthread_mutex_init(&n->memb_mu, NULL) ||
                      pthread_cond_init(&n->cv, &ca) ||
                      pthread_cond_init(&n->sync_cv, NULL) ||
                      pthread_cond_init(&n->ctl_cv, NULL)
@@ -2327,6 +2734,14 @@ int node_open(const struct node_options *opts, struct node **out)
         rc = metrics_build(n);
     if (rc != 0) {
         (void)fmt(err, sizeof(err), "out of memory");
+        goto err_after_alloc;
+    }
+    char merr[NODE_ERRMSG_BYTES] = "";
+    rc =
+        members_read(n->data_dir, n->shard_count, n->mrecs, merr, sizeof(merr));
+    if (rc != 0) {
+        (void)fmt(err, sizeof(err), "%s/%s: unreadable: %s%s%s", n->data_dir,
+                  MEMBERS_FILE, inbox_strerror(rc), merr[0] ? ": " : "", merr);
         goto err_after_alloc;
     }
     if (pthread_create(&n->thread, NULL, node_main, n) != 0) {
@@ -2469,6 +2884,92 @@ int node_status(const struct node *n, uint32_t shard,
     out->applied = atomic_load_explicit(&s->st_applied, memory_order_relaxed);
     out->last_index = atomic_load_explicit(&s->st_last, memory_order_relaxed);
     out->released = atomic_load_explicit(&s->st_released, memory_order_relaxed);
+    out->voter = atomic_load_explicit(&s->st_voter, memory_order_relaxed);
+    out->learner = atomic_load_explicit(&s->st_learner, memory_order_relaxed);
+    return 0;
+}
+
+/* ---- membership --------------------------------------------------------- */
+
+static int targets_push(struct node *n, uint64_t id, bool remove)
+{
+    if (!atomic_load(&n->accepting))
+        return INBOX_ESHUTDOWN;
+    struct member_target t = {.id = id, .remove = remove};
+    pthread_mutex_lock(&n->mu);
+    if (n->stop != 0) {
+        pthread_mutex_unlock(&n->mu);
+        return INBOX_ESHUTDOWN;
+    }
+    targets_put(n->targets, &n->targets_count, &t);
+    n->member_kick = true;
+    pthread_cond_signal(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+    return 0;
+}
+
+int node_member_add(struct node *n, uint64_t id)
+{
+    if (id == RAFT_NONE)
+        return INBOX_EINVAL;
+    return targets_push(n, id, false);
+}
+
+int node_member_remove(struct node *n, uint64_t id)
+{
+    if (id == RAFT_NONE)
+        return INBOX_EINVAL;
+    /* Never leave a shard without a voter (raft refuses it too; this
+     * answers the caller instead of retrying forever). */
+    bool last_voter = false;
+    pthread_mutex_lock(&n->memb_mu);
+    for (uint32_t i = 0; i < n->shard_count && !last_voter; i++) {
+        const struct raft_membership *m = &n->shards[i].memb_pub;
+        last_voter = m->voters_count == 1 && m->voters[0] == id;
+    }
+    pthread_mutex_unlock(&n->memb_mu);
+    if (last_voter)
+        return INBOX_EINVAL;
+    return targets_push(n, id, true);
+}
+
+int node_transfer_leader(struct node *n, uint32_t shard, uint64_t to)
+{
+    if (shard >= n->shard_count)
+        return INBOX_ERANGE;
+    if (!atomic_load(&n->accepting))
+        return INBOX_ESHUTDOWN;
+    struct shard *s = &n->shards[shard];
+    if (atomic_load_explicit(&s->st_role, memory_order_relaxed) != RAFT_LEADER)
+        return INBOX_ENOT_LEADER;
+    struct raft_membership m;
+    pthread_mutex_lock(&n->memb_mu);
+    m = s->memb_pub;
+    pthread_mutex_unlock(&n->memb_mu);
+    bool other = false;
+    for (uint32_t i = 0; i < m.voters_count; i++)
+        other |= m.voters[i] != n->o.node_id;
+    if (to == n->o.node_id || (to != 0 && !raft_membership_is_voter(&m, to)) ||
+        !other)
+        return INBOX_EINVAL;
+    atomic_store(&s->xfer_to, to != 0 ? to : UINT64_MAX);
+    atomic_store(&n->xfer_pending, true);
+    pthread_mutex_lock(&n->mu);
+    n->member_kick = true;
+    pthread_cond_signal(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+    return 0;
+}
+
+int node_shard_members(const struct node *n, uint32_t shard,
+                       struct raft_membership *out)
+{
+    if (shard >= n->shard_count)
+        return INBOX_ERANGE;
+    struct node *mut = (struct node *)n; /* the mutex only */
+    pthread_mutex_lock(&mut->memb_mu);
+    *out = n->shards[shard].memb_pub;
+    pthread_mutex_unlock(&mut->memb_mu);
     return 0;
 }
 

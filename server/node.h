@@ -5,6 +5,8 @@
  *
  * A node owns, under its data directory:
  *   DATA/node.meta   identity: node id, shard count, bootstrap membership
+ *   DATA/members     each shard's membership at its WAL release point, once
+ *                    it differs from the bootstrap one (server/members.h)
  *   DATA/wal/        the write-ahead log (engine/wal.h)
  *   DATA/store/      the LMDB store (engine/store.h)
  *   DATA/snap/       snapshots sent to or received from other nodes
@@ -41,6 +43,7 @@
 #include "command.h"
 #include "inbox/limits.h"
 #include "metrics.h"
+#include "raft.h"
 #include "store.h"
 
 struct node;
@@ -50,6 +53,13 @@ struct config;
 #define NODE_TICK_MS_DEFAULT 100u
 #define NODE_CHECKPOINT_MS_DEFAULT 5000u
 #define NODE_ERRMSG_BYTES 256u
+/* A learner is promoted to voter once its match index is within this many
+ * entries of its leader's last index (and nonzero): a voter that is far
+ * behind would stall commits the moment it counts toward the quorum. */
+#define NODE_PROMOTE_LAG_MAX 64u
+/* Membership requests (add / remove targets) a node keeps retrying; a new
+ * one past this replaces the oldest. */
+#define NODE_MEMBER_TARGETS_MAX 4u
 
 /* Called on the node thread after an enqueue is applied to an inbox (not
  * for a deduplicated retry), with the inbox's new last seq: the hook for
@@ -92,9 +102,17 @@ struct node_options {
     /* The voters every shard's Raft group starts with, used only when the
      * data directory is new (then recorded in DATA/node.meta; later
      * starts use the recorded ones). 0 members = this node alone. When
-     * given, node_id must be one of them. */
+     * given, node_id must be one of them (unless `join`). */
     uint32_t members_count;
     uint64_t members[INBOX_RAFT_VOTERS_MAX];
+    /* This node joins a running cluster: its id need not be among
+     * `members` (which must then be the member list the cluster was
+     * created with, so every node starts each shard from the same
+     * bootstrap membership; at least one member is required). It never
+     * campaigns until a leader adds it (node_member_add on that leader:
+     * learner, then voter once caught up). Only read on first start, like
+     * `members`. */
+    bool join;
     /* A leader's checkpoint keeps up to this many WAL entries that its
      * slowest follower still lacks (past it the follower is caught up by a
      * snapshot); 0 = INBOX_NODE_RETAIN_ENTRIES_MAX, larger is capped. */
@@ -238,6 +256,10 @@ struct node_shard_status {
     uint64_t applied;
     uint64_t last_index;
     uint64_t released; /* WAL prefix released up to here */
+    /* This node in the shard's membership as this node sees it: a voter,
+     * a learner, or (both false) not a member. */
+    bool voter;
+    bool learner;
 };
 
 /* As of the node thread's last pass over the shard. INBOX_ERANGE for a
@@ -251,6 +273,51 @@ uint64_t node_id(const struct node *n);
 /* The node's metric series (valid until node_close), for metrics_render. */
 void node_metrics(const struct node *n, const struct metrics_desc **descs,
                   size_t *count);
+
+/* ---- membership (docs/node.md, "Membership changes") ------------------- */
+
+/* Any thread; queued for the node thread; returns at once.
+ *
+ * node_member_add: every shard this node leads gets `id` as a learner
+ * (RAFT_CONF_ADD_LEARNER), one conf change at a time per shard. ANY leader
+ * (of any shard, whoever asked) promotes a learner of its shard to voter
+ * once the learner has caught up (match nonzero and within
+ * NODE_PROMOTE_LAG_MAX entries of the leader's last index). Idempotent.
+ * Shards led elsewhere are not touched: the caller (the admin tool)
+ * repeats the call on every node until every shard lists `id` as a voter
+ * (node_shard_members).
+ *
+ * node_member_remove: every shard this node leads removes `id`
+ * (RAFT_CONF_REMOVE); if `id` is this node, it first transfers leadership
+ * of those shards to the most caught-up other voter (the new leader
+ * removes it when asked again). Idempotent; repeat until no shard lists
+ * it.
+ *
+ * A request stays pending and is retried on the node's ticks while this
+ * node leads (conf changes refused with INBOX_ECONF_CHANGE_PENDING and the
+ * like are simply tried again), until every shard, as this node sees it,
+ * lists `id` as a voter (add) or not at all (remove), or until a later
+ * request for the same id supersedes it; at most NODE_MEMBER_TARGETS_MAX
+ * ids are pending (a new one replaces the oldest).
+ *
+ * Returns 0, INBOX_EINVAL (id 0; a remove of `id` while it is the only
+ * voter of some shard, as this node saw it on its last pass: a shard is
+ * never left without a voter), INBOX_ESHUTDOWN. */
+int node_member_add(struct node *n, uint64_t id);
+int node_member_remove(struct node *n, uint64_t id);
+/* Transfer leadership of `shard` to voter `to` (0: the most caught-up
+ * other voter), Raft dissertation §3.10. INBOX_ENOT_LEADER if this node
+ * does not lead it (as of its last pass), INBOX_ERANGE bad shard,
+ * INBOX_EINVAL `to` is not a voter (or is this node, or there is no other
+ * voter), INBOX_ESHUTDOWN; else 0: the transfer is handed to the node
+ * thread and proceeds (watch node_status; raft abandons it after an
+ * election timeout). */
+int node_transfer_leader(struct node *n, uint32_t shard, uint64_t to);
+/* The shard's membership in effect (raft_membership of its group: the
+ * latest configuration in its log, committed or not), as of the node
+ * thread's last pass; any thread. INBOX_ERANGE bad shard. */
+int node_shard_members(const struct node *n, uint32_t shard,
+                       struct raft_membership *out);
 
 /* For tests and tools: ask the node thread to checkpoint now and wait
  * until it has (store checkpoint + WAL release). Not from a callback. */

@@ -13,7 +13,9 @@
  *   - the "snapshot": at raft_create, the released WAL prefix. Its index
  *     is the shard's release point R (first - 1), its term the WAL's
  *     remembered term of that entry, and its membership the one the node
- *     persisted for the shard (node_meta: the bootstrap membership).
+ *     persisted for the shard at R (DATA/members, server/members.h; else
+ *     node_meta's bootstrap membership); the node moves it along with
+ *     every release and install (raft_log_set_membership).
  *   - snapshots sent to followers (once raft_log_snapshots_enable ran):
  *     raft asks snapshot() only when a follower needs entries <= R. The
  *     answer must describe real data, never "empty data at R" (raft skips
@@ -114,7 +116,8 @@ void raft_log_snapshots_enable(struct raft_log *l,
  * it, or the log was replaced by an installed snapshot). Safe while raft
  * holds chunk pointers: those point into the pool, not the file. */
 void raft_log_snapshot_drop(struct raft_log *l);
-/* A snapshot was installed: the membership at the new release point. */
+/* The release point moved (a checkpoint's release, a snapshot install):
+ * the membership at the new one. */
 void raft_log_set_membership(struct raft_log *l,
                              const struct raft_membership *m);
 

@@ -107,7 +107,7 @@ static int read_all(int fd, uint8_t *p, size_t len, uint64_t off, size_t *got)
 /* ---- membership as of an index ------------------------------------------ */
 
 static int apply_conf_entries(const struct wal_entries *b,
-                              struct raft_membership *m)
+                              struct raft_membership *m, uint64_t *last_conf)
 {
     for (size_t i = 0; i < b->n; i++) {
         const struct wal_entry *we = &b->v[i];
@@ -124,8 +124,32 @@ static int apply_conf_entries(const struct wal_entries *b,
         /* Raft applied this change when it was appended; one that did not
          * apply then (a duplicate) changes nothing now either. */
         (void)raft_membership_apply(m, &cc);
+        if (last_conf)
+            *last_conf = we->index;
     }
     return 0;
+}
+
+int snapshot_conf_scan(struct wal *wal, uint32_t shard, uint64_t lo,
+                       uint64_t hi, struct raft_membership *m,
+                       uint64_t *last_conf)
+{
+    struct wal_entries b;
+    memset(&b, 0, sizeof(b));
+    int rc = 0;
+    while (lo <= hi && rc == 0) {
+        uint64_t end = hi + 1u;
+        if (end - lo > SNAP_MEMB_SCAN_ENTRIES)
+            end = lo + SNAP_MEMB_SCAN_ENTRIES;
+        rc = wal_entries(wal, shard, lo, end, SNAP_MEMB_SCAN_BYTES, &b);
+        if (rc == 0 && b.n == 0)
+            rc = INBOX_EUNAVAILABLE;
+        if (rc == 0)
+            rc = apply_conf_entries(&b, m, last_conf);
+        lo += b.n;
+    }
+    wal_entries_free(&b);
+    return rc;
 }
 
 int snapshot_membership_at(struct wal *wal, uint32_t shard, uint64_t release,
@@ -133,22 +157,7 @@ int snapshot_membership_at(struct wal *wal, uint32_t shard, uint64_t release,
                            uint64_t index, struct raft_membership *out)
 {
     *out = *m_release;
-    struct wal_entries b;
-    memset(&b, 0, sizeof(b));
-    int rc = 0;
-    for (uint64_t lo = release + 1u; lo <= index && rc == 0;) {
-        uint64_t hi = index + 1u;
-        if (hi - lo > SNAP_MEMB_SCAN_ENTRIES)
-            hi = lo + SNAP_MEMB_SCAN_ENTRIES;
-        rc = wal_entries(wal, shard, lo, hi, SNAP_MEMB_SCAN_BYTES, &b);
-        if (rc == 0 && b.n == 0)
-            rc = INBOX_EUNAVAILABLE;
-        if (rc == 0)
-            rc = apply_conf_entries(&b, out);
-        lo += b.n;
-    }
-    wal_entries_free(&b);
-    return rc;
+    return snapshot_conf_scan(wal, shard, release + 1u, index, out, NULL);
 }
 
 /* ---- leader: materialize and serve ----------------------------------------

@@ -66,6 +66,14 @@ int snapshot_membership_at(struct wal *wal, uint32_t shard, uint64_t release,
                            const struct raft_membership *m_release,
                            uint64_t index, struct raft_membership *out);
 
+/* Apply to m every configuration entry of the shard in [lo, hi], read
+ * back from the WAL; *last_conf (if not NULL) gets the index of the last
+ * one (unchanged when there is none). INBOX_EUNAVAILABLE if the WAL does
+ * not hold the whole range. */
+int snapshot_conf_scan(struct wal *wal, uint32_t shard, uint64_t lo,
+                       uint64_t hi, struct raft_membership *m,
+                       uint64_t *last_conf);
+
 /* Materialize the shard's store snapshot (as of the store's last
  * checkpoint) into dir/shard-<id>-<index>.snap and fill out (meta.index and
  * term are the store's applied index and term, data_bytes the file size,

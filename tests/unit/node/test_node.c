@@ -27,6 +27,7 @@
 #include "faultvfs.h"
 #include "inbox/error.h"
 #include "log.h"
+#include "members.h"
 #include "node.h"
 #include "node_meta.h"
 #include "wire.h"
@@ -1098,7 +1099,8 @@ static void test_close_with_inflight(void **state)
  * through a table that can kill a node or cut links, so replication,
  * failover and catch-up run without sockets. */
 
-#define CL_NODES 3u
+#define CL_NODES 3u /* the members the cluster is created with */
+#define CL_SLOTS 5u /* node ids 1..CL_SLOTS; the others join later */
 
 struct cluster;
 
@@ -1109,16 +1111,22 @@ struct cl_link {
 
 struct cluster {
     pthread_mutex_t mu;
-    struct node *live[CL_NODES + 1u]; /* by node id; NULL = down */
-    bool cut[CL_NODES + 1u][CL_NODES + 1u];
-    struct fixture *f[CL_NODES + 1u];
-    struct cl_link links[CL_NODES + 1u];
+    struct node *live[CL_SLOTS + 1u]; /* by node id; NULL = down */
+    bool cut[CL_SLOTS + 1u][CL_SLOTS + 1u];
+    struct fixture *f[CL_SLOTS + 1u]; /* NULL: no such node (yet) */
+    struct cl_link links[CL_SLOTS + 1u];
+    /* Left out of cl_leader / cl_wait_applied (a removed node that keeps
+     * running: it never learns who leads). */
+    bool ignore[CL_SLOTS + 1u];
+    uint32_t shards;
+    uint64_t retain;
+    uint32_t chunk_bytes;
     /* Snapshot chunks delivered to each node, and those at offset 0. Once
      * snap_cut_after chunks reached a node (0: never), the next batch
      * carrying one is dropped and the node's links are cut: a transfer
      * broken midway, deterministically. */
-    uint64_t snap_chunks[CL_NODES + 1u];
-    uint64_t snap_starts[CL_NODES + 1u];
+    uint64_t snap_chunks[CL_SLOTS + 1u];
+    uint64_t snap_starts[CL_SLOTS + 1u];
     uint64_t snap_cut_after;
     bool snap_cut_done;
     struct raft_entry ents[INBOX_RAFT_MSG_ENTRIES_MAX]; /* decoding, mu */
@@ -1126,7 +1134,7 @@ struct cluster {
 
 static void cl_cut_links(struct cluster *cl, uint64_t id, bool cut)
 {
-    for (uint64_t o = 1; o <= CL_NODES; o++)
+    for (uint64_t o = 1; o <= CL_SLOTS; o++)
         if (o != id)
             cl->cut[id][o] = cl->cut[o][id] = cut;
 }
@@ -1165,7 +1173,7 @@ static void cl_send(void *arg, uint64_t to, const uint8_t *bytes, size_t len)
     struct cl_link *l = arg;
     struct cluster *cl = l->cl;
     pthread_mutex_lock(&cl->mu);
-    if (to >= 1 && to <= CL_NODES && cl->live[to] && !cl->cut[l->from][to] &&
+    if (to >= 1 && to <= CL_SLOTS && cl->live[to] && !cl->cut[l->from][to] &&
         cl_watch_snapshots(cl, to, bytes, len))
         (void)node_receive(cl->live[to], bytes, len);
     pthread_mutex_unlock(&cl->mu);
@@ -1204,6 +1212,9 @@ static struct cluster *cl_new_opts(uint32_t shards, uint64_t retain,
     struct cluster *cl = calloc(1, sizeof(*cl));
     assert_non_null(cl);
     pthread_mutex_init(&cl->mu, NULL);
+    cl->shards = shards;
+    cl->retain = retain;
+    cl->chunk_bytes = chunk_bytes;
     for (uint64_t id = 1; id <= CL_NODES; id++) {
         struct fixture *f = fixture_new(shards);
         f->o.node_id = id;
@@ -1222,6 +1233,25 @@ static struct cluster *cl_new_opts(uint32_t shards, uint64_t retain,
     return cl;
 }
 
+/* A new node joining the running cluster (join: it starts from the
+ * cluster's bootstrap members, without itself), not yet opened. */
+static void cl_add_slot(struct cluster *cl, uint64_t id)
+{
+    assert_true(id > CL_NODES && id <= CL_SLOTS && !cl->f[id]);
+    struct fixture *f = fixture_new(cl->shards);
+    f->o.node_id = id;
+    f->o.join = true;
+    f->o.members_count = CL_NODES;
+    for (uint32_t i = 0; i < CL_NODES; i++)
+        f->o.members[i] = i + 1u;
+    cl->links[id] = (struct cl_link){cl, id};
+    f->o.send = cl_send;
+    f->o.send_arg = &cl->links[id];
+    f->o.retain_entries_max = cl->retain;
+    f->o.snapshot_chunk_bytes = cl->chunk_bytes;
+    cl->f[id] = f;
+}
+
 static struct cluster *cl_new(uint32_t shards)
 {
     return cl_new_opts(shards, 0, 0);
@@ -1229,7 +1259,9 @@ static struct cluster *cl_new(uint32_t shards)
 
 static void cl_free(struct cluster *cl)
 {
-    for (uint64_t id = 1; id <= CL_NODES; id++) {
+    for (uint64_t id = 1; id <= CL_SLOTS; id++) {
+        if (!cl->f[id])
+            continue;
         pthread_mutex_lock(&cl->mu);
         cl->live[id] = NULL;
         pthread_mutex_unlock(&cl->mu);
@@ -1251,9 +1283,9 @@ static uint64_t cl_leader(struct cluster *cl, uint32_t shard)
 {
     for (int tries = 0; tries < 1000; tries++) {
         uint64_t leader = 0, agree = 0, live = 0;
-        for (uint64_t id = 1; id <= CL_NODES; id++) {
-            struct node *n = cl->f[id]->n;
-            if (!n)
+        for (uint64_t id = 1; id <= CL_SLOTS; id++) {
+            struct node *n = cl->f[id] ? cl->f[id]->n : NULL;
+            if (!n || cl->ignore[id])
                 continue;
             live++;
             struct node_shard_status st;
@@ -1276,10 +1308,11 @@ static void cl_wait_applied(struct cluster *cl, uint32_t shard, uint64_t index)
 {
     for (int tries = 0; tries < 1000; tries++) {
         bool all = true;
-        for (uint64_t id = 1; id <= CL_NODES; id++) {
+        for (uint64_t id = 1; id <= CL_SLOTS; id++) {
             struct node_shard_status st;
-            if (cl->f[id]->n && (node_status(cl->f[id]->n, shard, &st) != 0 ||
-                                 st.applied < index))
+            if (cl->f[id] && !cl->ignore[id] && cl->f[id]->n &&
+                (node_status(cl->f[id]->n, shard, &st) != 0 ||
+                 st.applied < index))
                 all = false;
         }
         if (all)
@@ -1653,6 +1686,390 @@ static void test_snapshot_interrupted_install_recovers(void **state)
     fixture_free(f);
 }
 
+/* ---- membership changes ------------------------------------------------- */
+
+static bool memb_has_voter(const struct raft_membership *m, uint64_t id)
+{
+    for (uint32_t i = 0; i < m->voters_count; i++)
+        if (m->voters[i] == id)
+            return true;
+    return false;
+}
+
+static bool memb_has_learner(const struct raft_membership *m, uint64_t id)
+{
+    for (uint32_t i = 0; i < m->learners_count; i++)
+        if (m->learners[i] == id)
+            return true;
+    return false;
+}
+
+enum want { WANT_LEARNER, WANT_VOTER, WANT_GONE };
+
+/* Does every shard, as every live node that is not ignored sees it, list
+ * id as wanted? */
+static bool cl_members_are(struct cluster *cl, uint64_t id, enum want w)
+{
+    for (uint64_t k = 1; k <= CL_SLOTS; k++) {
+        struct node *n = cl->f[k] ? cl->f[k]->n : NULL;
+        if (!n || cl->ignore[k])
+            continue;
+        for (uint32_t s = 0; s < cl->shards; s++) {
+            struct raft_membership m;
+            assert_int_equal(node_shard_members(n, s, &m), 0);
+            bool v = memb_has_voter(&m, id), l = memb_has_learner(&m, id);
+            if ((w == WANT_VOTER && !v) || (w == WANT_LEARNER && !l) ||
+                (w == WANT_GONE && (v || l)))
+                return false;
+        }
+    }
+    return true;
+}
+
+/* The admin tool's loop: ask every live node (it is idempotent) until
+ * every shard lists id as wanted (bounded wait). */
+static void cl_members_drive(struct cluster *cl, uint64_t id, enum want w)
+{
+    for (int tries = 0; tries < 1500; tries++) {
+        for (uint64_t k = 1; k <= CL_SLOTS; k++) {
+            struct node *n = cl->f[k] ? cl->f[k]->n : NULL;
+            if (!n)
+                continue;
+            int rc = w == WANT_GONE ? node_member_remove(n, id)
+                                    : node_member_add(n, id);
+            assert_int_equal(rc, 0);
+        }
+        if (cl_members_are(cl, id, w))
+            return;
+        sleep_ms(20);
+    }
+    fail_msg("node %llu never became %s in every shard", (unsigned long long)id,
+             w == WANT_VOTER     ? "a voter"
+             : w == WANT_LEARNER ? "a learner"
+                                 : "absent");
+}
+
+static bool file_exists(struct fixture *f, const char *name)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/%s", f->dir, name);
+    return access(path, F_OK) == 0;
+}
+
+/* Wait until a node applied the leader's commit of a shard. */
+static void cl_wait_shard(struct cluster *cl, uint32_t shard)
+{
+    struct node_shard_status st;
+    uint64_t l = cl_leader(cl, shard);
+    assert_int_equal(node_status(cl->f[l]->n, shard, &st), 0);
+    cl_wait_applied(cl, shard, st.commit);
+}
+
+/* Node 4 joins under writes. Its links are cut at first: it becomes a
+ * learner everywhere but, having nothing, is never promoted; healed, it
+ * catches up (from the log, or with `snap` from a snapshot: the leaders'
+ * WALs are released past the conf entries first) and every shard makes it
+ * a voter. Then each original node in turn crashes: the three left,
+ * node 4 among them, serve everything. */
+static void member_add_case(bool snap)
+{
+    struct cluster *cl = snap ? cl_new_opts(2, SNAP_RETAIN, 2048) : cl_new(2);
+    const char *inbox = snap ? "grace" : "heidi";
+    uint32_t shard = node_shard_of(cl->f[1]->n, key(inbox), strlen(inbox));
+    uint64_t l = cl_leader(cl, shard);
+    uint64_t total = snap ? SNAP_MSGS : 20u;
+    enqueue_n(cl->f[l], inbox, 1, total / 2u);
+
+    cl_add_slot(cl, 4);
+    cl_isolate(cl, 4, true);
+    cl_open(cl, 4);
+    cl->ignore[4] = true; /* it hears from nobody yet */
+    struct node_shard_status st;
+    assert_int_equal(node_status(cl->f[4]->n, shard, &st), 0);
+    assert_false(st.voter);
+    assert_false(st.learner);
+    cl_members_drive(cl, 4, WANT_LEARNER);
+    enqueue_n(cl->f[l], inbox, total / 2u + 1u, total);
+    /* Several election timeouts of ticks: still only a learner (its match
+     * is 0), and it never campaigned. */
+    for (int i = 0; i < 20; i++) {
+        for (uint64_t k = 1; k <= CL_NODES; k++)
+            assert_int_equal(node_member_add(cl->f[k]->n, 4), 0);
+        sleep_ms(30);
+    }
+    assert_true(cl_members_are(cl, 4, WANT_LEARNER));
+    assert_int_equal(node_status(cl->f[4]->n, shard, &st), 0);
+    assert_int_equal(st.role, 0 /* follower */);
+    assert_int_equal(st.term, 0);
+    if (snap) {
+        /* The leaders' WALs go past the ADD_LEARNER entries: DATA/members
+         * keeps the membership at the release point. */
+        for (uint64_t k = 1; k <= CL_NODES; k++) {
+            assert_int_equal(node_checkpoint(cl->f[k]->n), 0);
+            assert_true(file_exists(cl->f[k], "members"));
+            assert_int_equal(node_status(cl->f[k]->n, shard, &st), 0);
+            assert_true(st.released > SNAP_RETAIN);
+        }
+    }
+    cl_isolate(cl, 4, false);
+    cl->ignore[4] = false;
+    cl_members_drive(cl, 4, WANT_VOTER);
+    cl_wait_shard(cl, shard);
+    for (uint32_t s = 0; s < cl->shards; s++) {
+        assert_int_equal(node_status(cl->f[4]->n, s, &st), 0);
+        assert_true(st.voter);
+        assert_false(st.learner);
+    }
+    uint64_t installed =
+        counter_of(cl->f[4]->n, "inbox_node_snapshots_installed_total");
+    if (snap) {
+        assert_true(installed >= 1);
+        /* The snapshot carried a membership other than node.meta's. */
+        assert_true(file_exists(cl->f[4], "members"));
+    } else {
+        assert_int_equal(installed, 0);
+    }
+    expect_inbox_local(cl->f[4], inbox, total);
+
+    for (uint64_t down = 1; down <= CL_NODES; down++) {
+        cl_crash(cl, down);
+        uint64_t l2 = cl_leader(cl, shard);
+        assert_true(l2 != down);
+        expect_inbox(cl->f[l2], inbox, total);
+        enqueue_n(cl->f[l2], inbox, total + 1u, total + 1u);
+        total++;
+        cl_open(cl, down);
+        cl_wait_shard(cl, shard);
+    }
+    /* A restart of the new node (after a snapshot install: its membership
+     * comes back from DATA/members) keeps it a voter. */
+    cl_crash(cl, 4);
+    cl_open(cl, 4);
+    for (uint32_t s = 0; s < cl->shards; s++) {
+        assert_int_equal(node_status(cl->f[4]->n, s, &st), 0);
+        assert_true(st.voter);
+    }
+    cl_wait_shard(cl, shard);
+    expect_inbox_local(cl->f[4], inbox, total);
+    cl_free(cl);
+}
+
+static void test_member_add_from_log(void **state)
+{
+    (void)state;
+    member_add_case(false);
+}
+
+static void test_member_add_by_snapshot(void **state)
+{
+    (void)state;
+    member_add_case(true);
+}
+
+/* Remove the leader of a shard: it hands its shards over first, the new
+ * leaders remove it; the two left serve, and the removed node, still
+ * running, disrupts nobody (no leader or term moves for many election
+ * timeouts). */
+static void test_member_remove(void **state)
+{
+    (void)state;
+    struct cluster *cl = cl_new(4);
+    const char *inbox = "ivan";
+    uint32_t shard = node_shard_of(cl->f[1]->n, key(inbox), strlen(inbox));
+    uint64_t gone = cl_leader(cl, shard);
+    enqueue_n(cl->f[gone], inbox, 1, 10);
+    cl->ignore[gone] = true;
+    cl_members_drive(cl, gone, WANT_GONE);
+    /* The last voter is never removed. */
+    uint64_t keep = gone % CL_NODES + 1u;
+    uint64_t third = 6u - gone - keep;
+    cl->ignore[third] = true;
+    cl_members_drive(cl, third, WANT_GONE);
+    assert_int_equal(node_member_remove(cl->f[keep]->n, keep), INBOX_EINVAL);
+    assert_int_equal(node_member_remove(cl->f[keep]->n, 0), INBOX_EINVAL);
+    assert_int_equal(node_member_add(cl->f[keep]->n, 0), INBOX_EINVAL);
+    /* Bring the third back as a voter: two voters again. */
+    cl->ignore[third] = false;
+    cl_members_drive(cl, third, WANT_VOTER);
+
+    uint64_t leaders[4], terms[4];
+    for (uint32_t s = 0; s < cl->shards; s++) {
+        leaders[s] = cl_leader(cl, s);
+        assert_true(leaders[s] != gone);
+        struct node_shard_status st;
+        assert_int_equal(node_status(cl->f[leaders[s]]->n, s, &st), 0);
+        terms[s] = st.term;
+    }
+    uint64_t l2 = leaders[shard];
+    expect_inbox(cl->f[l2], inbox, 10);
+    enqueue_n(cl->f[l2], inbox, 11, 15);
+    /* election timeout = 10 ticks of 20 ms: wait ten of them. */
+    sleep_ms(2000);
+    for (uint32_t s = 0; s < cl->shards; s++) {
+        struct node_shard_status st;
+        assert_int_equal(cl_leader(cl, s), leaders[s]);
+        assert_int_equal(node_status(cl->f[leaders[s]]->n, s, &st), 0);
+        assert_int_equal(st.term, terms[s]);
+    }
+    expect_inbox(cl->f[l2], inbox, 15);
+    cl_free(cl);
+}
+
+/* Every node restarts after the membership changed and the WALs were
+ * released past the conf entries: each shard's membership comes back from
+ * DATA/members, and the cluster serves everything. */
+static void test_member_restart_all(void **state)
+{
+    (void)state;
+    struct cluster *cl = cl_new(2);
+    const char *inbox = "judy";
+    uint32_t shard = node_shard_of(cl->f[1]->n, key(inbox), strlen(inbox));
+    uint64_t l = cl_leader(cl, shard);
+    enqueue_n(cl->f[l], inbox, 1, 10);
+    cl_add_slot(cl, 4);
+    cl_open(cl, 4);
+    cl_members_drive(cl, 4, WANT_VOTER);
+    uint64_t gone = l % CL_NODES + 1u;
+    cl->ignore[gone] = true;
+    cl_members_drive(cl, gone, WANT_GONE);
+    cl_crash(cl, gone);
+    cl->ignore[gone] = false;
+    l = cl_leader(cl, shard);
+    enqueue_n(cl->f[l], inbox, 11, 20);
+    for (uint32_t s = 0; s < cl->shards; s++)
+        cl_wait_shard(cl, s);
+    uint64_t ids[3], k = 0;
+    for (uint64_t id = 1; id <= 4; id++)
+        if (id != gone)
+            ids[k++] = id;
+    for (uint64_t i = 0; i < 3; i++) {
+        assert_int_equal(node_checkpoint(cl->f[ids[i]]->n), 0);
+        assert_true(file_exists(cl->f[ids[i]], "members"));
+        struct node_shard_status st;
+        assert_int_equal(node_status(cl->f[ids[i]]->n, shard, &st), 0);
+        assert_true(st.released >= st.applied - 1u);
+    }
+    for (uint64_t i = 0; i < 3; i++)
+        cl_crash(cl, ids[i]);
+    for (uint64_t i = 0; i < 3; i++)
+        cl_open(cl, ids[i]);
+    for (uint64_t i = 0; i < 3; i++)
+        for (uint32_t s = 0; s < cl->shards; s++) {
+            struct raft_membership m;
+            assert_int_equal(node_shard_members(cl->f[ids[i]]->n, s, &m), 0);
+            assert_int_equal(m.voters_count, 3);
+            assert_int_equal(m.learners_count, 0);
+            assert_true(memb_has_voter(&m, 4));
+            assert_false(memb_has_voter(&m, gone));
+        }
+    l = cl_leader(cl, shard);
+    expect_inbox(cl->f[l], inbox, 20);
+    enqueue_n(cl->f[l], inbox, 21, 22);
+    /* And again after a graceful close (its checkpoint releases more). */
+    for (uint64_t i = 0; i < 3; i++) {
+        pthread_mutex_lock(&cl->mu);
+        cl->live[ids[i]] = NULL;
+        pthread_mutex_unlock(&cl->mu);
+        node_close(cl->f[ids[i]]->n);
+        cl->f[ids[i]]->n = NULL;
+    }
+    for (uint64_t i = 0; i < 3; i++)
+        cl_open(cl, ids[i]);
+    l = cl_leader(cl, shard);
+    expect_inbox(cl->f[l], inbox, 22);
+    cl_free(cl);
+}
+
+/* node_transfer_leader moves a shard, and refuses what it cannot do. */
+static void test_transfer_leader(void **state)
+{
+    (void)state;
+    struct cluster *cl = cl_new(2);
+    uint64_t l = cl_leader(cl, 0);
+    uint64_t other = l % CL_NODES + 1u;
+    assert_int_equal(node_transfer_leader(cl->f[other]->n, 0, l),
+                     INBOX_ENOT_LEADER);
+    assert_int_equal(node_transfer_leader(cl->f[l]->n, 9, other), INBOX_ERANGE);
+    assert_int_equal(node_transfer_leader(cl->f[l]->n, 0, l), INBOX_EINVAL);
+    assert_int_equal(node_transfer_leader(cl->f[l]->n, 0, 9), INBOX_EINVAL);
+    assert_int_equal(node_transfer_leader(cl->f[l]->n, 0, other), 0);
+    uint64_t now = 0;
+    for (int tries = 0; tries < 200 && now != other; tries++) {
+        now = cl_leader(cl, 0);
+        if (now != other)
+            sleep_ms(10);
+    }
+    assert_int_equal(now, other);
+    /* 0: the most caught-up other voter. */
+    assert_int_equal(node_transfer_leader(cl->f[other]->n, 0, 0), 0);
+    for (int tries = 0; tries < 200 && now == other; tries++) {
+        now = cl_leader(cl, 0);
+        if (now == other)
+            sleep_ms(10);
+    }
+    assert_true(now != other);
+    /* The new leader takes writes (an inbox of shard 0). */
+    char name[16] = "";
+    for (int i = 0; i < 100; i++) {
+        snprintf(name, sizeof(name), "kim%d", i);
+        if (node_shard_of(cl->f[now]->n, key(name), strlen(name)) == 0)
+            break;
+    }
+    assert_int_equal(node_shard_of(cl->f[now]->n, key(name), strlen(name)), 0);
+    struct outcome *o = enqueue(cl->f[now], name, 1, "r1");
+    assert_int_equal(o->rc, 0);
+    cl_free(cl);
+}
+
+/* DATA/members that does not check out is refused at open, loudly. */
+static void test_members_file_corrupt(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(2);
+    fixture_open(f);
+    node_close(f->n);
+    f->n = NULL;
+    struct members_rec recs[2];
+    memset(recs, 0, sizeof(recs));
+    recs[1].present = true;
+    recs[1].index = 0;
+    recs[1].m.voters_count = 1;
+    recs[1].m.voters[0] = 7;
+    recs[1].m.learners_count = 1;
+    recs[1].m.learners[0] = 8;
+    recs[1].prev.voters_count = 1;
+    recs[1].prev.voters[0] = 7;
+    assert_int_equal(members_write(f->dir, 2, recs), 0);
+    /* A good file is read: shard 1 has learner 8. */
+    fixture_open(f);
+    struct raft_membership m;
+    assert_int_equal(node_shard_members(f->n, 1, &m), 0);
+    assert_int_equal(m.learners_count, 1);
+    assert_int_equal(m.learners[0], 8);
+    struct node_shard_status st;
+    assert_int_equal(node_status(f->n, 1, &st), 0);
+    assert_true(st.voter);
+    node_close(f->n);
+    f->n = NULL;
+
+    char path[300];
+    snprintf(path, sizeof(path), "%s/members", f->dir);
+    FILE *fp = fopen(path, "r+b");
+    assert_non_null(fp);
+    assert_int_equal(fseek(fp, 40, SEEK_SET), 0);
+    assert_int_equal(fputc(0x5a, fp), 0x5a);
+    fclose(fp);
+    assert_int_equal(node_open(&f->o, &f->n), INBOX_ECORRUPT);
+    assert_non_null(strstr(f->errmsg, "members"));
+    assert_non_null(strstr(f->errmsg, "checksum"));
+    /* Cut short: refused too, never read as "no changes". */
+    assert_int_equal(truncate(path, 30), 0);
+    assert_int_equal(node_open(&f->o, &f->n), INBOX_ECORRUPT);
+    assert_non_null(strstr(f->errmsg, "members"));
+    f->n = NULL;
+    fixture_free(f);
+}
+
 static void test_routing_vectors(void **state)
 {
     (void)state;
@@ -1777,6 +2194,12 @@ int main(void)
         cmocka_unit_test(test_snapshot_transfer_interrupted),
         cmocka_unit_test(test_snapshot_crash_after_install),
         cmocka_unit_test(test_snapshot_interrupted_install_recovers),
+        cmocka_unit_test(test_member_add_from_log),
+        cmocka_unit_test(test_member_add_by_snapshot),
+        cmocka_unit_test(test_member_remove),
+        cmocka_unit_test(test_member_restart_all),
+        cmocka_unit_test(test_transfer_leader),
+        cmocka_unit_test(test_members_file_corrupt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
