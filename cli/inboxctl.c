@@ -2002,8 +2002,8 @@ static int node_option(void *ctx, const struct command *c, int ch,
 static const char *role_name(uint8_t role)
 {
     static const char *const names[] = {"follower", "candidate", "leader",
-                                        "learner"};
-    return role < 4 ? names[role] : "unknown";
+                                        "learner", "none"};
+    return role < 5 ? names[role] : "unknown";
 }
 
 static void fmt_duration(char *buf, size_t buf_bytes, uint64_t ms)
@@ -2364,6 +2364,372 @@ static int cmd_cluster_status(int argc, char **argv)
     return code;
 }
 
+/* ---- cluster add-node / remove-node / transfer-leader -------------------- */
+
+#define MEMBER_STEP_TIMEOUT_MS 3000u
+#define MEMBER_WAIT_S_DEFAULT 300u
+
+enum { OWN_WAIT_S = 'w', OWN_TO = 'T' };
+
+struct member_args {
+    uint64_t wait_s;
+    uint64_t to;
+    bool no_wait;
+};
+
+static int member_option(void *ctx, const struct command *c, int ch,
+                         const char *arg)
+{
+    struct member_args *a = ctx;
+    switch (ch) {
+    case OWN_WAIT_S:
+        return want_u64(c, "--wait", arg, 0, 86400, &a->wait_s);
+    case OWN_TO:
+        return want_u64(c, "--to", arg, 1, UINT32_MAX, &a->to);
+    default:
+        return usage_error(c, "unexpected option");
+    }
+}
+
+/* Counts the calls of one round still in flight. */
+struct round {
+    size_t pending;
+    bool done;
+    int first_error;
+};
+
+static void round_admin_done(void *arg, int status, uint64_t epoch)
+{
+    struct round *r = arg;
+    (void)epoch;
+    if (status != 0 && r->first_error == 0)
+        r->first_error = status;
+    if (--r->pending == 0)
+        r->done = true;
+}
+
+/* Sends ADD_NODE (add) or REMOVE_NODE to every node of the map (and, for
+ * REMOVE_NODE, the node itself: it hands its shards' leadership over).
+ * Per-node failures are tolerated: the round is repeated. */
+static int member_round(struct session *s, uint64_t id, const char *addr,
+                        bool add, uint32_t step_ms)
+{
+    uint64_t ids[CLUSTER_NODES_MAX];
+    size_t n = inbox_client_nodes(s->client, ids, CLUSTER_NODES_MAX);
+    if (n > CLUSTER_NODES_MAX)
+        n = CLUSTER_NODES_MAX;
+    struct round r = {0};
+    const char *addrs[1] = {addr};
+    for (size_t k = 0; k < n; k++) {
+        if (add && ids[k] == id)
+            continue;
+        r.pending++;
+        int rc =
+            add ? inbox_client_submit_add_node(s->client, ids[k], id, addrs, 1,
+                                               step_ms, &r, round_admin_done)
+                : inbox_client_submit_remove_node(
+                      s->client, ids[k], id, step_ms, &r, round_admin_done);
+        if (rc != 0) {
+            r.pending--;
+            if (r.first_error == 0)
+                r.first_error = rc;
+        }
+    }
+    r.done = r.pending == 0;
+    int rc = session_wait(s, &r.done);
+    return rc != 0 ? rc : r.first_error;
+}
+
+struct roles_wait {
+    bool done;
+    int status;
+    size_t voter, learner, none, count;
+};
+
+static void roles_done(void *arg, int status,
+                       const struct inbox_client_status *res)
+{
+    struct roles_wait *w = arg;
+    w->done = true;
+    w->status = status;
+    if (status != 0 || res == NULL)
+        return;
+    w->count = res->count;
+    for (size_t i = 0; i < res->count; i++) {
+        uint8_t role = res->shards[i].role;
+        if (role == 3) /* learner (docs/protocol.md, STATUS) */
+            w->learner++;
+        else if (role == 4) /* not a member */
+            w->none++;
+        else
+            w->voter++;
+    }
+}
+
+static double elapsed_s(uint64_t t0)
+{
+    return (double)(mono_ms() - t0) / 1000.0;
+}
+
+static int cmd_cluster_add_node(int argc, char **argv)
+{
+    const struct command *c = find_command("cluster", "add-node");
+    static const struct option own[] = {
+        {"wait", required_argument, 0, OWN_WAIT_S},
+    };
+    struct member_args a = {.wait_s = MEMBER_WAIT_S_DEFAULT};
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 1, member_option, &a, &g);
+    if (code >= 0)
+        return code;
+    if (argc - optind != 2)
+        return usage_error(c, "needs ID and HOST:PORT");
+    uint64_t id = 0;
+    if ((code = want_u64(c, "ID", argv[optind], 1, UINT32_MAX, &id)) >= 0)
+        return code;
+    const char *addr = argv[optind + 1];
+    if (strchr(addr, ':') == NULL || strlen(addr) > INBOX_NODE_ADDR_BYTES_MAX)
+        return usage_error(c, "'%s' is not HOST:PORT", addr);
+    uint32_t step = g.timeout_ms < MEMBER_STEP_TIMEOUT_MS
+                        ? g.timeout_ms
+                        : MEMBER_STEP_TIMEOUT_MS;
+    /* A second session reaches the new node by its address (it is in no
+     * map yet) for its own view: which shards count it as what. */
+    struct global ng = g;
+    ng.seeds[0] = addr;
+    ng.seeds_count = 1;
+    struct session s, ns;
+    struct wait_one rw;
+    memset(&rw, 0, sizeof rw);
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = session_open(&ns, c, &ng, NULL, NULL);
+    else
+        memset(&ns, 0, sizeof ns);
+    uint64_t t0 = mono_ms();
+    bool finished = false;
+    struct roles_wait last = {0};
+    while (rc == 0 && !finished) {
+        memset(&rw, 0, sizeof rw);
+        rc = inbox_client_submit_route(s.client, step, &rw, route_done);
+        if (rc == 0)
+            rc = session_wait(&s, &rw.done);
+        if (rc == 0)
+            rc = rw.status;
+        if (rc == 0)
+            rc = member_round(&s, id, addr, true, step);
+        if (rc == INBOX_EDENIED || rc == INBOX_EINVAL || rc == INBOX_EEXISTS)
+            break;
+        rc = 0; /* unreachable nodes and leaders moving: next round */
+        struct roles_wait w = {0};
+        int src =
+            inbox_client_submit_status(ns.client, 0, step, &w, roles_done);
+        if (src == 0)
+            src = session_wait(&ns, &w.done);
+        if (src == 0)
+            src = w.status;
+        if (src == 0) {
+            last = w;
+            finished = w.count > 0 && w.voter == w.count;
+        }
+        if (!g.json) {
+            if (src == 0)
+                printf("[%6.1fs] node %" PRIu64 ": voter in %zu of %zu "
+                       "shard(s), learner in %zu, not yet in %zu\n",
+                       elapsed_s(t0), id, w.voter, w.count, w.learner, w.none);
+            else
+                printf("[%6.1fs] node %" PRIu64 " at %s does not answer "
+                       "(%s): is it running with --cluster-join 1?\n",
+                       elapsed_s(t0), id, addr, inbox_err_name(src));
+            fflush(stdout);
+        }
+        if (finished || a.wait_s == 0)
+            break;
+        if (elapsed_s(t0) >= (double)a.wait_s) {
+            rc = INBOX_ETIMEOUT;
+            break;
+        }
+        usleep(500 * 1000);
+    }
+    if (g.json && (rc == 0 || rc == INBOX_ETIMEOUT))
+        printf("{\"node_id\":%" PRIu64 ",\"addr\":\"%s\",\"voter\":%zu,"
+               "\"learner\":%zu,\"none\":%zu,\"shards\":%zu,\"done\":%s}\n",
+               id, addr, last.voter, last.learner, last.none, last.count,
+               finished ? "true" : "false");
+    else if (rc == 0 && finished)
+        printf("node %" PRIu64 " is a voter in every shard\n", id);
+    if (ns.client != NULL)
+        inbox_client_free(ns.client);
+    return session_end(&s, rc,
+                       rc == INBOX_ETIMEOUT
+                           ? "the change goes on in the background; run the "
+                             "command again to follow it, or inboxctl "
+                             "cluster status"
+                           : NULL);
+}
+
+static int cmd_cluster_remove_node(int argc, char **argv)
+{
+    const struct command *c = find_command("cluster", "remove-node");
+    static const struct option own[] = {
+        {"wait", required_argument, 0, OWN_WAIT_S},
+    };
+    struct member_args a = {.wait_s = MEMBER_WAIT_S_DEFAULT};
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 1, member_option, &a, &g);
+    if (code >= 0)
+        return code;
+    if (argc - optind != 1)
+        return usage_error(c, "needs ID");
+    uint64_t id = 0;
+    if ((code = want_u64(c, "ID", argv[optind], 1, UINT32_MAX, &id)) >= 0)
+        return code;
+    uint32_t step = g.timeout_ms < MEMBER_STEP_TIMEOUT_MS
+                        ? g.timeout_ms
+                        : MEMBER_STEP_TIMEOUT_MS;
+    struct session s;
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    uint64_t t0 = mono_ms();
+    bool finished = false;
+    size_t still = 0;
+    while (rc == 0 && !finished) {
+        struct wait_one rw;
+        memset(&rw, 0, sizeof rw);
+        rc = inbox_client_submit_route(s.client, step, &rw, route_done);
+        if (rc == 0)
+            rc = session_wait(&s, &rw.done);
+        if (rc == 0)
+            rc = rw.status;
+        uint64_t ids[CLUSTER_NODES_MAX];
+        size_t n = 0;
+        if (rc == 0) {
+            n = inbox_client_nodes(s.client, ids, CLUSTER_NODES_MAX);
+            n = n < CLUSTER_NODES_MAX ? n : CLUSTER_NODES_MAX;
+            rc = member_round(&s, id, NULL, false, step);
+        }
+        if (rc == INBOX_EDENIED || rc == INBOX_EINVAL)
+            break;
+        rc = 0;
+        /* Done when no other node counts it in any shard: ask each for its
+         * view of the map. */
+        still = 0;
+        size_t asked = 0;
+        for (size_t k = 0; k < n; k++) {
+            if (ids[k] == id)
+                continue;
+            memset(&rw, 0, sizeof rw);
+            int src = inbox_client_submit_route_at(s.client, ids[k], step, &rw,
+                                                   route_done);
+            if (src == 0)
+                src = session_wait(&s, &rw.done);
+            if (src != 0 || rw.status != 0)
+                continue;
+            asked++;
+            uint64_t seen[CLUSTER_NODES_MAX];
+            size_t m = inbox_client_nodes(s.client, seen, CLUSTER_NODES_MAX);
+            for (size_t j = 0; j < m && j < CLUSTER_NODES_MAX; j++)
+                still += seen[j] == id;
+        }
+        finished = asked > 0 && still == 0;
+        if (!g.json) {
+            printf("[%6.1fs] node %" PRIu64 ": still a member in the view of "
+                   "%zu of %zu node(s) asked\n",
+                   elapsed_s(t0), id, still, asked);
+            fflush(stdout);
+        }
+        if (finished || a.wait_s == 0)
+            break;
+        if (elapsed_s(t0) >= (double)a.wait_s) {
+            rc = INBOX_ETIMEOUT;
+            break;
+        }
+        usleep(500 * 1000);
+    }
+    if (g.json && (rc == 0 || rc == INBOX_ETIMEOUT))
+        printf("{\"node_id\":%" PRIu64 ",\"done\":%s}\n", id,
+               finished ? "true" : "false");
+    else if (rc == 0 && finished)
+        printf("node %" PRIu64 " is no longer a member of any shard; it can "
+               "be stopped\n",
+               id);
+    return session_end(&s, rc,
+                       rc == INBOX_ETIMEOUT
+                           ? "the change goes on in the background; run the "
+                             "command again to follow it"
+                           : NULL);
+}
+
+static int cmd_cluster_transfer_leader(int argc, char **argv)
+{
+    const struct command *c = find_command("cluster", "transfer-leader");
+    static const struct option own[] = {
+        {"to", required_argument, 0, OWN_TO},
+        {"wait", required_argument, 0, OWN_WAIT_S},
+    };
+    struct member_args a = {.wait_s = 30};
+    struct global g;
+    int code = parse_options(c, argc, argv, own, 2, member_option, &a, &g);
+    if (code >= 0)
+        return code;
+    if (argc - optind != 1)
+        return usage_error(c, "needs SHARD");
+    uint64_t shard = 0;
+    if ((code = want_u64(c, "SHARD", argv[optind], 0,
+                         INBOX_SHARD_COUNT_MAX - 1u, &shard)) >= 0)
+        return code;
+    struct session s;
+    struct wait_one w;
+    memset(&w, 0, sizeof w);
+    int rc = session_open(&s, c, &g, NULL, NULL);
+    if (rc == 0)
+        rc = inbox_client_submit_route(s.client, g.timeout_ms, &w, route_done);
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    if (rc == 0 && shard >= inbox_client_shard_count(s.client))
+        return session_end(&s, INBOX_ERANGE, "the cluster has fewer shards");
+    uint64_t before =
+        rc == 0 ? inbox_client_shard_leader(s.client, (uint32_t)shard) : 0;
+    if (rc == 0) {
+        memset(&w, 0, sizeof w);
+        rc = inbox_client_submit_transfer_leader(
+            s.client, (uint32_t)shard, a.to, g.timeout_ms, &w, value_done);
+    }
+    if (rc == 0)
+        rc = session_wait(&s, &w.done);
+    if (rc == 0)
+        rc = w.status;
+    uint64_t t0 = mono_ms(), now_leader = before;
+    while (rc == 0) {
+        memset(&w, 0, sizeof w);
+        rc = inbox_client_submit_route(s.client, g.timeout_ms, &w, route_done);
+        if (rc == 0)
+            rc = session_wait(&s, &w.done);
+        if (rc == 0)
+            rc = w.status;
+        now_leader = inbox_client_shard_leader(s.client, (uint32_t)shard);
+        if (rc == 0 && now_leader != 0 && now_leader != before &&
+            (a.to == 0 || now_leader == a.to))
+            break;
+        if (rc == 0 && elapsed_s(t0) >= (double)a.wait_s)
+            rc = INBOX_ETIMEOUT;
+        if (rc == 0)
+            usleep(100 * 1000);
+    }
+    if (rc == 0) {
+        if (g.json)
+            printf("{\"shard\":%" PRIu64 ",\"from\":%" PRIu64 ",\"to\":%" PRIu64
+                   "}\n",
+                   shard, before, now_leader);
+        else
+            printf("shard %" PRIu64 ": leader %" PRIu64 " -> %" PRIu64
+                   " (%.1fs)\n",
+                   shard, before, now_leader, elapsed_s(t0));
+    }
+    return session_end(&s, rc, NULL);
+}
+
 /* Shards per leader node, for route's summary. */
 struct leader_count {
     uint64_t node_id;
@@ -2604,6 +2970,37 @@ static const struct command commands[] = {
      "  {\"node_id\",\"addr\",\"reachable\":false,\"error\"}],\"shards\":\n"
      "  [{\"shard\",\"leader_id\",\"applied\":{\"ID\":N}}]}.\n",
      cmd_cluster_status, true},
+    {"cluster add-node", "add a node to every shard (admin)",
+     "usage: inboxctl cluster add-node ID HOST:PORT [--wait S]\n"
+     "  Adds node ID, reached at HOST:PORT (its client port; start it first\n"
+     "  with --cluster-join 1 and the cluster's --cluster-members), to every\n"
+     "  shard: each node records the address and has the shards it leads\n"
+     "  take ID as a learner; leaders promote it to voter once it caught\n"
+     "  up (from the log, or by snapshot). Repeats the request every half\n"
+     "  second and prints progress (voter / learner / not yet, per shard as\n"
+     "  the new node sees it) until ID is a voter everywhere, or S seconds\n"
+     "  (default 300; 0: one round, no waiting) pass (exit 1, TIMEOUT: the\n"
+     "  change goes on). Needs an admin certificate.\n"
+     "  --json: {\"node_id\",\"addr\",\"voter\",\"learner\",\"none\",\n"
+     "  \"shards\",\"done\"}.\n",
+     cmd_cluster_add_node, true},
+    {"cluster remove-node", "remove a node from every shard (admin)",
+     "usage: inboxctl cluster remove-node ID [--wait S]\n"
+     "  Removes node ID from every shard: each node removes it from the\n"
+     "  shards it leads (ID itself first hands its shards' leadership to\n"
+     "  another voter). Repeats until no other node counts ID as a member\n"
+     "  of any shard, printing progress, or S seconds (default 300) pass.\n"
+     "  Then ID can be stopped. Needs an admin certificate.\n"
+     "  --json: {\"node_id\",\"done\"}.\n",
+     cmd_cluster_remove_node, true},
+    {"cluster transfer-leader", "move a shard's leadership (admin)",
+     "usage: inboxctl cluster transfer-leader SHARD [--to ID] [--wait S]\n"
+     "  Asks the leader of SHARD to hand leadership to voter ID (default:\n"
+     "  the most caught-up other voter) and waits up to S seconds (default\n"
+     "  30) for the map to show the new leader. Prints shard N: leader A\n"
+     "  -> B. --json: {\"shard\",\"from\",\"to\"}. Needs an admin\n"
+     "  certificate.\n",
+     cmd_cluster_transfer_leader, true},
     {"snapshot", "checkpoint a node's shards (admin)",
      "usage: inboxctl snapshot [--node ID] [--shard N]\n"
      "  Asks node ID (default: any) to snapshot shard N (default: every\n"

@@ -513,11 +513,18 @@ static struct call *node_call_new(struct inbox_client *c, uint8_t op,
 int inbox_client_submit_route(struct inbox_client *client, uint32_t timeout_ms,
                               void *arg, inbox_route_done_fn *route_done)
 {
+    return inbox_client_submit_route_at(client, 0, timeout_ms, arg, route_done);
+}
+
+int inbox_client_submit_route_at(struct inbox_client *client, uint64_t node_id,
+                                 uint32_t timeout_ms, void *arg,
+                                 inbox_route_done_fn *route_done)
+{
     int rc;
     if (route_done == NULL)
         return INBOX_EINVAL;
     struct call *call =
-        node_call_new(client, INBOX_OP_ROUTE, 0, timeout_ms, arg, &rc);
+        node_call_new(client, INBOX_OP_ROUTE, node_id, timeout_ms, arg, &rc);
     if (call == NULL)
         return rc;
     call->u64a = client->epoch; /* to tell whether the answer is news */
@@ -550,7 +557,8 @@ static int admin_submit(struct inbox_client *client, struct call *call,
     return 0;
 }
 
-int inbox_client_submit_add_node(struct inbox_client *client, uint64_t node_id,
+int inbox_client_submit_add_node(struct inbox_client *client,
+                                 uint64_t at_node_id, uint64_t node_id,
                                  const char *const *addrs, size_t addrs_count,
                                  uint32_t timeout_ms, void *arg,
                                  inbox_admin_done_fn *add_node_done)
@@ -563,8 +571,8 @@ int inbox_client_submit_add_node(struct inbox_client *client, uint64_t node_id,
             strlen(addrs[i]) > INBOX_NODE_ADDR_BYTES_MAX)
             return INBOX_EINVAL;
     int rc;
-    struct call *call =
-        node_call_new(client, INBOX_OP_ADD_NODE, 0, timeout_ms, arg, &rc);
+    struct call *call = node_call_new(client, INBOX_OP_ADD_NODE, at_node_id,
+                                      timeout_ms, arg, &rc);
     if (call == NULL)
         return rc;
     call->addrs = calloc(addrs_count, sizeof *call->addrs);
@@ -580,15 +588,15 @@ int inbox_client_submit_add_node(struct inbox_client *client, uint64_t node_id,
 }
 
 int inbox_client_submit_remove_node(struct inbox_client *client,
-                                    uint64_t node_id, uint32_t timeout_ms,
-                                    void *arg,
+                                    uint64_t at_node_id, uint64_t node_id,
+                                    uint32_t timeout_ms, void *arg,
                                     inbox_admin_done_fn *remove_node_done)
 {
     if (remove_node_done == NULL || node_id == 0)
         return INBOX_EINVAL;
     int rc;
-    struct call *call =
-        node_call_new(client, INBOX_OP_REMOVE_NODE, 0, timeout_ms, arg, &rc);
+    struct call *call = node_call_new(client, INBOX_OP_REMOVE_NODE, at_node_id,
+                                      timeout_ms, arg, &rc);
     if (call == NULL)
         return rc;
     call->u64a = node_id;

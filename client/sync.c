@@ -304,8 +304,8 @@ int inbox_add_node(struct inbox_client *client, uint64_t node_id,
     if (reentered(client))
         return INBOX_EINVAL;
     struct waiter w = {0};
-    int rc = inbox_client_submit_add_node(client, node_id, addrs, addrs_count,
-                                          timeout_ms, &w, u64_done);
+    int rc = inbox_client_submit_add_node(
+        client, 0, node_id, addrs, addrs_count, timeout_ms, &w, u64_done);
     return u64_out(wait_done(client, &w, rc), &w, epoch_out);
 }
 
@@ -315,7 +315,7 @@ int inbox_remove_node(struct inbox_client *client, uint64_t node_id,
     if (reentered(client))
         return INBOX_EINVAL;
     struct waiter w = {0};
-    int rc = inbox_client_submit_remove_node(client, node_id, timeout_ms, &w,
+    int rc = inbox_client_submit_remove_node(client, 0, node_id, timeout_ms, &w,
                                              u64_done);
     return u64_out(wait_done(client, &w, rc), &w, epoch_out);
 }

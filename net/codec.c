@@ -225,7 +225,7 @@ static void el_shard_status(struct rd *r, void *out)
     struct inbox_shard_status *s = out;
     s->shard = rd_u32(r);
     s->role = rd_u8(r);
-    rd_check(r, s->role <= INBOX_REPLICA_LEARNER);
+    rd_check(r, s->role <= INBOX_REPLICA_NONE);
     s->leader_id = rd_u64(r);
     s->term = rd_u64(r);
     s->applied_index = rd_u64(r);
@@ -1098,7 +1098,7 @@ static int enc_status_resp(struct wr *w, const struct inbox_status_resp *b)
     for (uint32_t i = 0; i < b->count; i++) {
         struct inbox_shard_status s;
         if (!LIST_ELEM(b->shards, it, i, inbox_next_shard_status, &s) ||
-            s.role > INBOX_REPLICA_LEARNER)
+            s.role > INBOX_REPLICA_NONE)
             return INBOX_EINVAL;
         wr_u32(w, s.shard);
         wr_u8(w, s.role);

@@ -300,6 +300,8 @@ enum inbox_replica_role {
     INBOX_REPLICA_CANDIDATE = 1,
     INBOX_REPLICA_LEADER = 2,
     INBOX_REPLICA_LEARNER = 3,
+    INBOX_REPLICA_NONE = 4, /* not a member of the shard's group (joining,
+                               or removed) */
 };
 struct inbox_shard_status {
     uint32_t shard;

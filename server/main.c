@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+#include "addrbook.h"
 #include "config.h"
 #include "inbox/error.h"
 #include "log.h"
@@ -46,7 +47,8 @@ struct inboxd {
     struct http_metrics *http;
     struct tls_ctx *tls;
     struct tls_ctx *peer_tls; /* client side, for links to other nodes */
-    struct peers *peers;      /* NULL for a node alone */
+    struct peers *peers;
+    struct addrbook book; /* DATA/peers + cluster.members (loop thread) */
     uv_signal_t sigterm, sigint;
     uv_timer_t stop_poll;
     int stopping;
@@ -245,13 +247,11 @@ static void send_to_peer(void *arg, uint64_t to, const uint8_t *bytes,
     (void)peer_send(d->peers, to, bytes, len);
 }
 
-/* Links to the other members (before the node opens: it may send at once).
- * The links present this node's certificate as a client. */
-static int start_peers(struct inboxd *d, const struct config_member *members,
-                       size_t members_count)
+/* Links to the other nodes (before the node opens: it may send at once),
+ * one per address in the book; ADD_NODE adds more at run time. The links
+ * present this node's certificate as a client. */
+static int start_peers(struct inboxd *d)
 {
-    if (members_count <= 1)
-        return 0;
     char tlserr[INBOX_TLS_ERRMSG_BYTES] = "";
     struct tls_ctx_config tcfg = {.side = TLS_SIDE_CLIENT,
                                   .ca_path = d->cfg.tls_ca,
@@ -266,14 +266,61 @@ static int start_peers(struct inboxd *d, const struct config_member *members,
     struct peer_config pc = {
         .loop = &d->loop, .tls = d->peer_tls, .self_id = d->cfg.node_id};
     rc = peer_new(&pc, &d->peers);
-    for (size_t i = 0; rc == 0 && i < members_count; i++) {
-        if (members[i].id == d->cfg.node_id)
+    for (size_t i = 0; rc == 0 && i < d->book.count; i++) {
+        const struct config_member *m = &d->book.nodes[i];
+        if (m->id == d->cfg.node_id)
             continue;
-        rc = peer_set_addr(d->peers, members[i].id, members[i].addr);
+        rc = peer_set_addr(d->peers, m->id, m->addr);
         if (rc != 0)
             log_error("server", "bad peer address", "node=%" PRIu64 " addr=%s",
-                      members[i].id, members[i].addr);
+                      m->id, m->addr);
     }
+    return rc;
+}
+
+/* The address book: DATA/peers (what ADD_NODE taught this node), then
+ * cluster.members over it (the operator's word wins). Saved when the
+ * configuration added or changed something. */
+static int load_addrbook(struct inboxd *d)
+{
+    char err[256] = "";
+    int rc = addrbook_load(d->cfg.data_dir, &d->book, err, sizeof err);
+    if (rc != 0) {
+        log_error("server", "cannot read the address book", "dir=%s err=%s %s",
+                  d->cfg.data_dir, inbox_err_name(rc), err);
+        return rc;
+    }
+    struct config_member ms[CONFIG_MEMBERS_MAX];
+    size_t mc = 0;
+    (void)config_members(&d->cfg, ms, &mc, NULL, 0);
+    bool changed = false;
+    for (size_t i = 0; i < mc; i++) {
+        rc = addrbook_set(&d->book, ms[i].id, ms[i].addr);
+        if (rc < 0)
+            return rc;
+        changed |= rc == 1;
+    }
+    return changed ? addrbook_save(d->cfg.data_dir, &d->book) : 0;
+}
+
+/* serve's hook: ADD_NODE taught us where a node is. */
+static int node_added(void *arg, uint64_t id, const char *addr)
+{
+    struct inboxd *d = arg;
+    struct addrbook next = d->book;
+    int rc = addrbook_set(&next, id, addr);
+    if (rc == 1)
+        rc = addrbook_save(d->cfg.data_dir, &next);
+    if (rc < 0) {
+        log_error("server", "cannot record a node's address",
+                  "node=%" PRIu64 " addr=%s err=%s", id, addr,
+                  inbox_err_name(rc));
+        return rc;
+    }
+    d->book = next;
+    rc = peer_set_addr(d->peers, id, addr);
+    log_info("server", "node address recorded", "node=%" PRIu64 " addr=%s", id,
+             addr);
     return rc;
 }
 
@@ -343,13 +390,16 @@ int main(int argc, char **argv)
     struct config_member members[CONFIG_MEMBERS_MAX];
     size_t members_count = 0;
     (void)config_members(&d.cfg, members, &members_count, NULL, 0);
+    if (load_addrbook(&d) != 0)
+        return 1;
     struct serve_options so = {.loop = &d.loop,
                                .node_id = d.cfg.node_id,
                                .advertise = d.cfg.advertise[0] ? d.cfg.advertise
                                                                : d.cfg.listen,
                                .default_ttl_ms = d.cfg.default_ttl_ms,
-                               .members = members,
-                               .members_count = members_count};
+                               .book = &d.book,
+                               .node_added = node_added,
+                               .node_added_arg = &d};
     if (serve_new(&so, &d.serve) != 0)
         return 1;
 
@@ -364,7 +414,7 @@ int main(int argc, char **argv)
                   inbox_err_name(rc), tlserr);
         return 2;
     }
-    if (start_peers(&d, members, members_count) != 0)
+    if (start_peers(&d) != 0)
         return 2;
 
     char err[NODE_ERRMSG_BYTES] = "";
@@ -374,10 +424,9 @@ int main(int argc, char **argv)
     no.enqueue_applied_arg = d.serve;
     no.errmsg = err;
     no.errmsg_bytes = sizeof err;
-    if (d.peers != NULL) {
-        no.send = send_to_peer;
-        no.send_arg = &d;
-    }
+    no.send = send_to_peer;
+    no.send_arg = &d;
+    no.join = d.cfg.join != 0;
     rc = node_open(&no, &d.node);
     if (rc != 0) {
         log_error("server", "cannot open the node", "dir=%s err=%s (%s) %s",

@@ -91,8 +91,7 @@ struct conn_watches {
 struct serve {
     struct serve_options o;
     char advertise[INBOX_NODE_ADDR_BYTES_MAX + 1];
-    struct config_member members[CONFIG_MEMBERS_MAX];
-    size_t members_count;
+    struct addrbook book; /* under mu */
     struct node *node;
     struct transport *t;
     uint64_t started_ms;
@@ -182,15 +181,21 @@ static void respond_error(struct transport_req *req, int rc)
     transport_respond_error(req, rc, inbox_strerror(rc));
 }
 
-/* The address clients reach node id at ("" if unknown). */
-static const char *member_addr(const struct serve *sv, uint64_t id)
+/* Copies the address clients reach node id at into out ("" if unknown).
+ * Any thread. */
+static void member_addr(struct serve *sv, uint64_t id,
+                        char out[CONFIG_ADDR_BYTES])
 {
-    if (id == sv->o.node_id)
-        return sv->advertise;
-    for (size_t i = 0; i < sv->members_count; i++)
-        if (sv->members[i].id == id)
-            return sv->members[i].addr;
-    return "";
+    out[0] = '\0';
+    if (id == sv->o.node_id) {
+        snprintf(out, CONFIG_ADDR_BYTES, "%s", sv->advertise);
+        return;
+    }
+    pthread_mutex_lock(&sv->mu);
+    const char *a = addrbook_get(&sv->book, id);
+    if (a != NULL)
+        snprintf(out, CONFIG_ADDR_BYTES, "%s", a);
+    pthread_mutex_unlock(&sv->mu);
 }
 
 /* A node completion's error. NOT_LEADER names the shard's leader and its
@@ -203,8 +208,9 @@ static void respond_node_error(struct transport_req *req,
         respond_error(req, res->rc);
         return;
     }
-    const struct serve *sv = transport_req_arg(req);
-    const char *addr = member_addr(sv, res->leader);
+    struct serve *sv = transport_req_arg(req);
+    char addr[CONFIG_ADDR_BYTES];
+    member_addr(sv, res->leader, addr);
     struct inbox_bytes a = {(const uint8_t *)addr, (uint32_t)strlen(addr)};
     struct inbox_msg r;
     memset(&r, 0, sizeof r);
@@ -751,8 +757,11 @@ static void do_status(struct serve *sv, struct transport_req *req)
         struct node_shard_status s;
         if (node_status(sv->node, i, &s) != 0)
             memset(&s, 0, sizeof s);
-        st[i] = (struct inbox_shard_status){i, replica_role(s.role), s.leader,
-                                            s.term, s.applied};
+        uint8_t role = s.voter     ? replica_role(s.role)
+                       : s.learner ? INBOX_REPLICA_LEARNER
+                                   : INBOX_REPLICA_NONE;
+        st[i] =
+            (struct inbox_shard_status){i, role, s.leader, s.term, s.applied};
     }
     struct inbox_msg r;
     memset(&r, 0, sizeof r);
@@ -776,31 +785,122 @@ static void do_route(struct serve *sv, struct transport_req *req)
         struct node_shard_status s;
         leaders[i] = node_status(sv->node, i, &s) == 0 ? s.leader : 0;
     }
-    struct inbox_bytes addrs[CONFIG_MEMBERS_MAX];
-    struct inbox_node nodes[CONFIG_MEMBERS_MAX];
+    /* The nodes: this one, and every node some shard counts as a voter or
+     * learner (as this node sees it) whose address is known. */
+    uint64_t ids[ADDRBOOK_NODES_MAX];
     size_t count = 0;
-    if (sv->members_count == 0) {
-        addrs[0] = (struct inbox_bytes){(const uint8_t *)sv->advertise,
-                                        (uint32_t)strlen(sv->advertise)};
-        nodes[0] = (struct inbox_node){sv->o.node_id, 1, &addrs[0], {0}};
-        count = 1;
+    ids[count++] = sv->o.node_id;
+    for (uint32_t i = 0; i < n; i++) {
+        struct raft_membership m;
+        if (node_shard_members(sv->node, i, &m) != 0)
+            continue;
+        for (uint32_t k = 0; k < m.voters_count + m.learners_count; k++) {
+            uint64_t id = k < m.voters_count ? m.voters[k]
+                                             : m.learners[k - m.voters_count];
+            size_t j = 0;
+            while (j < count && ids[j] != id)
+                j++;
+            if (j == count && count < ADDRBOOK_NODES_MAX)
+                ids[count++] = id;
+        }
     }
-    for (size_t i = 0; i < sv->members_count; i++, count++) {
-        const char *a = member_addr(sv, sv->members[i].id);
-        addrs[i] =
-            (struct inbox_bytes){(const uint8_t *)a, (uint32_t)strlen(a)};
-        nodes[i] = (struct inbox_node){sv->members[i].id, 1, &addrs[i], {0}};
+    char addr[ADDRBOOK_NODES_MAX][CONFIG_ADDR_BYTES];
+    struct inbox_bytes addrs[ADDRBOOK_NODES_MAX];
+    struct inbox_node nodes[ADDRBOOK_NODES_MAX];
+    size_t known = 0;
+    for (size_t i = 0; i < count; i++) {
+        member_addr(sv, ids[i], addr[known]);
+        if (addr[known][0] == '\0')
+            continue;
+        addrs[known] = (struct inbox_bytes){(const uint8_t *)addr[known],
+                                            (uint32_t)strlen(addr[known])};
+        nodes[known] = (struct inbox_node){ids[i], 1, &addrs[known], {0}};
+        known++;
     }
     struct inbox_msg r;
     memset(&r, 0, sizeof r);
     r.body.route_resp.epoch = 1;
     r.body.route_resp.hash = INBOX_HASH_XXH3_64;
-    r.body.route_resp.nodes_count = (uint16_t)count;
+    r.body.route_resp.nodes_count = (uint16_t)known;
     r.body.route_resp.nodes = nodes;
     r.body.route_resp.shard_count = n;
     r.body.route_resp.leaders = leaders;
     transport_respond(req, &r);
     free(leaders);
+}
+
+/* ---- membership ------------------------------------------------------- */
+
+/* Admin answers carry the placement epoch; placement is "every shard on
+ * every member" and has no versions yet, so it is 1. */
+static void respond_epoch(struct transport_req *req)
+{
+    struct inbox_msg r;
+    memset(&r, 0, sizeof r);
+    r.body.admin_resp.epoch = 1;
+    transport_respond(req, &r);
+}
+
+/* ADD_NODE: remember where the node is (durably, and a peer link to it),
+ * then have every shard this node leads take it as a learner; leaders
+ * promote it once caught up. The admin tool sends it to every node. */
+static void do_add_node(struct serve *sv, struct transport_req *req,
+                        const struct inbox_node *q)
+{
+    struct inbox_iter it = q->addrs_iter;
+    struct inbox_bytes a;
+    char addr[CONFIG_ADDR_BYTES];
+    if (q->node_id == sv->o.node_id) {
+        refused(req, INBOX_EEXISTS);
+        return;
+    }
+    if (!inbox_next_bytes16(&it, &a) || a.len == 0 || a.len >= sizeof addr) {
+        refused(req, INBOX_EINVAL);
+        return;
+    }
+    memcpy(addr, a.ptr, a.len);
+    addr[a.len] = '\0';
+    pthread_mutex_lock(&sv->mu);
+    struct addrbook before = sv->book;
+    int rc = addrbook_set(&sv->book, q->node_id, addr);
+    pthread_mutex_unlock(&sv->mu);
+    if (rc == 1 && sv->o.node_added != NULL)
+        rc = sv->o.node_added(sv->o.node_added_arg, q->node_id, addr);
+    if (rc < 0) {
+        pthread_mutex_lock(&sv->mu);
+        sv->book = before;
+        pthread_mutex_unlock(&sv->mu);
+        transport_respond_error(req, rc,
+                                rc == INBOX_ERANGE
+                                    ? "the address book is full"
+                                    : "cannot record the node's address");
+        return;
+    }
+    rc = node_member_add(sv->node, q->node_id);
+    if (rc != 0)
+        refused(req, rc);
+    else
+        respond_epoch(req);
+}
+
+static void do_transfer_leader(struct serve *sv, struct transport_req *req,
+                               const struct inbox_transfer_leader_req *q)
+{
+    int rc = node_transfer_leader(sv->node, q->shard, q->to_node_id);
+    if (rc == INBOX_ENOT_LEADER) {
+        struct node_shard_status st;
+        struct node_result res;
+        memset(&res, 0, sizeof res);
+        res.rc = rc;
+        res.shard = q->shard;
+        res.leader = node_status(sv->node, q->shard, &st) == 0 ? st.leader : 0;
+        respond_node_error(req, &res);
+        return;
+    }
+    if (rc != 0)
+        refused(req, rc);
+    else
+        respond_epoch(req);
 }
 
 /* SNAPSHOT: a checkpoint of every shard (store commit + WAL release). It
@@ -914,12 +1014,25 @@ void serve_on_request(void *arg, struct transport_req *req,
         transport_respond(req, &r);
         return;
     }
+    case INBOX_OP_ADD_NODE:
+        do_add_node(sv, req, &msg->body.add_node_req);
+        return;
+    case INBOX_OP_REMOVE_NODE:
+        rc = node_member_remove(sv->node, msg->body.remove_node_req.node_id);
+        if (rc != 0)
+            refused(req, rc);
+        else
+            respond_epoch(req);
+        return;
+    case INBOX_OP_TRANSFER_LEADER:
+        do_transfer_leader(sv, req, &msg->body.transfer_leader_req);
+        return;
     default:
-        /* ADD_NODE, REMOVE_NODE, TRANSFER_LEADER, MOVE_REPLICA: membership
-         * arrives with replication. */
+        /* MOVE_REPLICA: every shard lives on every member for now. */
         transport_respond_error(req, INBOX_EUNSUPPORTED,
-                                "membership operations need a replicated "
-                                "cluster; this node runs single-voter shards");
+                                "every shard is replicated on every member: "
+                                "there are no replicas to move; use "
+                                "ADD_NODE / REMOVE_NODE");
         return;
     }
 }
@@ -938,14 +1051,9 @@ int serve_new(const struct serve_options *o, struct serve **out)
     sv->o = *o;
     snprintf(sv->advertise, sizeof sv->advertise, "%s", o->advertise);
     sv->o.advertise = sv->advertise;
-    if (o->members_count > CONFIG_MEMBERS_MAX) {
-        free(sv);
-        return INBOX_EINVAL;
-    }
-    for (size_t i = 0; i < o->members_count; i++)
-        sv->members[i] = o->members[i];
-    sv->members_count = o->members_count;
-    sv->o.members = NULL;
+    if (o->book != NULL)
+        sv->book = *o->book;
+    sv->o.book = NULL;
     sv->started_ms = mono_ms();
     sv->waiters.next = sv->waiters.prev = &sv->waiters;
     pthread_mutex_init(&sv->mu, NULL);

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "addrbook.h"
 #include "config.h"
 #include "net/codec.h"
 #include "net/transport.h"
@@ -35,11 +36,14 @@ struct serve_options {
     uint64_t node_id;
     const char *advertise;   /* "host:port" clients reach this node at */
     uint64_t default_ttl_ms; /* for ENQUEUE ttl_ms 0; 0 = never expires */
-    /* The cluster's nodes and their addresses (copied), for ROUTE and for
-     * the leader named in NOT_LEADER; none: this node alone, at
-     * advertise. */
-    const struct config_member *members;
-    size_t members_count;
+    /* Where the cluster's nodes are (copied), for ROUTE and for the leader
+     * named in NOT_LEADER; this node is always at `advertise`. */
+    const struct addrbook *book;
+    /* ADD_NODE learned an address (loop thread): make it durable and open
+     * a peer link. Returns 0 or an INBOX_E* code (the request fails with
+     * it and the node is not added). */
+    int (*node_added)(void *arg, uint64_t id, const char *addr);
+    void *node_added_arg;
 };
 
 /* Create the service; attach the node and transport with serve_attach

@@ -220,7 +220,7 @@ struct inbox_client_fetch_result {
 
 struct inbox_client_shard_status {
     uint32_t shard;
-    uint8_t role; /* 0 follower, 1 candidate, 2 leader, 3 learner */
+    uint8_t role; /* 0 follower, 1 candidate, 2 leader, 3 learner, 4 none */
     uint64_t leader_id;
     uint64_t term;
     uint64_t applied_index;
@@ -328,6 +328,11 @@ typedef void inbox_route_done_fn(void *arg, int status, uint64_t epoch,
                                  uint32_t shard_count, uint32_t nodes_count);
 int inbox_client_submit_route(struct inbox_client *client, uint32_t timeout_ms,
                               void *arg, inbox_route_done_fn *route_done);
+/* The same, answered by node `node_id` (0: any): its view of the map
+ * (which nodes are members of some shard, as that node sees it). */
+int inbox_client_submit_route_at(struct inbox_client *client, uint64_t node_id,
+                                 uint32_t timeout_ms, void *arg,
+                                 inbox_route_done_fn *route_done);
 
 /* STATUS of node `node_id` (0: any node). NULL result when status != 0. */
 typedef void inbox_status_done_fn(void *arg, int status,
@@ -337,18 +342,20 @@ int inbox_client_submit_status(struct inbox_client *client, uint64_t node_id,
                                inbox_status_done_fn *status_done);
 
 /* Admin operations (need an admin certificate, else INBOX_EDENIED). Each
- * answers the placement epoch at which the change was accepted. They go to
- * any node (a NOT_LEADER naming another node is followed), except
- * TRANSFER_LEADER (to the shard's leader) and SNAPSHOT (to `node_id`, 0:
- * any). */
+ * answers the placement epoch at which the change was accepted. ADD_NODE
+ * and REMOVE_NODE go to node `at_node_id` (0: any node); each node acts on
+ * the shards it leads, so an admin tool sends them to every node (see
+ * `inboxctl cluster add-node`). TRANSFER_LEADER goes to the shard's leader,
+ * SNAPSHOT to `node_id` (0: any). */
 typedef void inbox_admin_done_fn(void *arg, int status, uint64_t epoch);
-int inbox_client_submit_add_node(struct inbox_client *client, uint64_t node_id,
+int inbox_client_submit_add_node(struct inbox_client *client,
+                                 uint64_t at_node_id, uint64_t node_id,
                                  const char *const *addrs, size_t addrs_count,
                                  uint32_t timeout_ms, void *arg,
                                  inbox_admin_done_fn *add_node_done);
 int inbox_client_submit_remove_node(struct inbox_client *client,
-                                    uint64_t node_id, uint32_t timeout_ms,
-                                    void *arg,
+                                    uint64_t at_node_id, uint64_t node_id,
+                                    uint32_t timeout_ms, void *arg,
                                     inbox_admin_done_fn *remove_node_done);
 int inbox_client_submit_transfer_leader(
     struct inbox_client *client, uint32_t shard, uint64_t to_node_id,
