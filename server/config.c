@@ -67,6 +67,20 @@ static const struct opt opts[] = {
         "1: this node joins a running cluster (cluster.members is then the "
         "list the cluster was created with, without this node); add it "
         "with `inboxctl cluster add-node`"),
+    NUM("raft", "tick", OPT_DURATION, raft_tick_ms, INBOX_NODE_TICK_MS_MIN,
+        INBOX_NODE_TICK_MS_MAX, "100ms",
+        "one Raft tick: heartbeats and election timeouts count in ticks"),
+    NUM("raft", "election_ticks", OPT_U64, raft_election_ticks, 3, 1000, "10",
+        "base election timeout in ticks (randomized up to twice that)"),
+    NUM("raft", "heartbeat_ticks", OPT_U64, raft_heartbeat_ticks, 1, 100, "1",
+        "leader heartbeat interval in ticks (less than election_ticks)"),
+    NUM("raft", "lease_reads", OPT_U64, raft_lease_reads, 0, 1, "0",
+        "1: a leader holding a quorum lease serves reads without a "
+        "heartbeat round (needs clocks that run at the same rate)"),
+    NUM("raft", "retain_entries", OPT_U64, raft_retain_entries, 1,
+        INBOX_NODE_RETAIN_ENTRIES_MAX, "262144",
+        "WAL entries a leader keeps for a lagging follower before it needs "
+        "a snapshot"),
     NUM("wal", "segment_bytes", OPT_SIZE, wal_segment_bytes,
         INBOX_WAL_SEGMENT_BYTES_MIN, INBOX_WAL_SEGMENT_BYTES_MAX, "64MiB",
         "WAL segment size"),
@@ -454,6 +468,13 @@ int config_validate(const struct config *c, char *err, size_t err_bytes)
     }
     if (c->data_dir[0] == '\0') {
         seterr(err, err_bytes, "node.data_dir must not be empty");
+        return INBOX_EINVAL;
+    }
+    if (c->raft_heartbeat_ticks >= c->raft_election_ticks) {
+        seterr(err, err_bytes,
+               "raft.heartbeat_ticks (%" PRIu64
+               ") must be below raft.election_ticks (%" PRIu64 ")",
+               c->raft_heartbeat_ticks, c->raft_election_ticks);
         return INBOX_EINVAL;
     }
     if (strchr(c->listen, ':') == NULL) {

@@ -40,6 +40,12 @@ struct config {
     uint64_t shard_count;
     char members[CONFIG_STRING_BYTES_MAX * 4]; /* id@host:port,... */
     uint64_t join; /* 1: joining a running cluster (not in members) */
+    /* [raft] */
+    uint64_t raft_tick_ms;
+    uint64_t raft_election_ticks;
+    uint64_t raft_heartbeat_ticks;
+    uint64_t raft_lease_reads;
+    uint64_t raft_retain_entries;
     /* [wal] */
     uint64_t wal_segment_bytes;
     /* [store] */

@@ -426,7 +426,6 @@ int main(int argc, char **argv)
     no.errmsg_bytes = sizeof err;
     no.send = send_to_peer;
     no.send_arg = &d;
-    no.join = d.cfg.join != 0;
     rc = node_open(&no, &d.node);
     if (rc != 0) {
         log_error("server", "cannot open the node", "dir=%s err=%s (%s) %s",

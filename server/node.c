@@ -2047,6 +2047,7 @@ static int shard_start(struct node *n, struct shard *s)
         ro.election_ticks = n->o.election_ticks;
     if (n->o.heartbeat_ticks)
         ro.heartbeat_ticks = n->o.heartbeat_ticks;
+    ro.lease_reads = n->o.lease_reads;
     if (n->o.uncommitted_bytes_max)
         ro.uncommitted_bytes_max = n->o.uncommitted_bytes_max;
     /* One APPEND (and one snapshot chunk) must fit in one RAFT frame. */
@@ -2464,6 +2465,12 @@ void node_options_from_config(struct node_options *o, const struct config *c)
     o->inbox_pending_messages_max = (uint32_t)c->inbox_pending_messages_max;
     o->inbox_pending_bytes_max = c->inbox_pending_bytes_max;
     o->dedup_window_ms = c->dedup_window_ms;
+    o->tick_interval_ms = (uint32_t)c->raft_tick_ms;
+    o->election_ticks = (uint32_t)c->raft_election_ticks;
+    o->heartbeat_ticks = (uint32_t)c->raft_heartbeat_ticks;
+    o->lease_reads = c->raft_lease_reads != 0;
+    o->retain_entries_max = c->raft_retain_entries;
+    o->join = c->join != 0;
     struct config_member ms[CONFIG_MEMBERS_MAX];
     size_t mc = 0;
     if (config_members(c, ms, &mc, NULL, 0) == 0) {

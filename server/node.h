@@ -92,6 +92,11 @@ struct node_options {
     /* Raft timing in ticks; 0 = raft's defaults. */
     uint32_t election_ticks;
     uint32_t heartbeat_ticks;
+    /* Leader leases (Raft dissertation §6.4.1): a leader that heard from a
+     * quorum within the last election timeout (less a drift margin) serves
+     * linearizable reads without a heartbeat round. Sound only while the
+     * nodes' clocks advance at about the same rate; off by default. */
+    bool lease_reads;
     /* Per shard: bytes proposed and not yet committed, past which
      * proposals complete with INBOX_ETOO_MANY_PROPOSALS; 0 = raft's
      * default. */

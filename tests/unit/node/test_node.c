@@ -1206,6 +1206,9 @@ static void cl_isolate(struct cluster *cl, uint64_t id, bool cut)
 
 /* A cluster whose leaders keep at most retain entries for a lagging
  * follower and send snapshots in chunks of chunk_bytes (0: defaults). */
+/* Lease reads for the clusters made while set (test_lease_reads). */
+static bool cl_lease_reads;
+
 static struct cluster *cl_new_opts(uint32_t shards, uint64_t retain,
                                    uint32_t chunk_bytes)
 {
@@ -1226,6 +1229,7 @@ static struct cluster *cl_new_opts(uint32_t shards, uint64_t retain,
         f->o.send_arg = &cl->links[id];
         f->o.retain_entries_max = retain;
         f->o.snapshot_chunk_bytes = chunk_bytes;
+        f->o.lease_reads = cl_lease_reads;
         cl->f[id] = f;
     }
     for (uint64_t id = 1; id <= CL_NODES; id++)
@@ -2070,6 +2074,44 @@ static void test_members_file_corrupt(void **state)
     fixture_free(f);
 }
 
+/* With leader leases, reads skip the heartbeat round while the lease
+ * holds; a leader cut off from the others must still never answer a read
+ * that misses a write the new leader acknowledged. */
+static void test_lease_reads(void **state)
+{
+    (void)state;
+    cl_lease_reads = true;
+    struct cluster *cl = cl_new(2);
+    cl_lease_reads = false;
+    const char *inbox = "lease";
+    uint32_t shard = node_shard_of(cl->f[1]->n, key(inbox), strlen(inbox));
+    uint64_t l1 = cl_leader(cl, shard);
+    enqueue_n(cl->f[l1], inbox, 1, 5);
+    expect_inbox(cl->f[l1], inbox, 5);
+    cl_isolate(cl, l1, true);
+    uint64_t l2 = 0;
+    for (int tries = 0; tries < 1000 && l2 == 0; tries++) {
+        for (uint64_t id = 1; id <= CL_NODES; id++) {
+            struct node_shard_status st;
+            if (id != l1 && node_status(cl->f[id]->n, shard, &st) == 0 &&
+                st.role == 3)
+                l2 = id;
+        }
+        sleep_ms(10);
+    }
+    assert_true(l2 != 0 && l2 != l1);
+    enqueue_n(cl->f[l2], inbox, 6, 6);
+    struct outcome *o = fetch(cl->f[l1], inbox, 0);
+    if (o->rc == 0)
+        assert_int_equal(o->count, 6); /* never the stale 5 */
+    else
+        assert_int_equal(o->rc, INBOX_ENOT_LEADER);
+    cl_isolate(cl, l1, false);
+    assert_int_equal(cl_leader(cl, shard), l2);
+    expect_inbox(cl->f[l2], inbox, 6);
+    cl_free(cl);
+}
+
 static void test_routing_vectors(void **state)
 {
     (void)state;
@@ -2190,6 +2232,7 @@ int main(void)
         cmocka_unit_test(test_close_with_inflight),
         cmocka_unit_test(test_three_nodes_replicate_and_fail_over),
         cmocka_unit_test(test_isolated_leader_cannot_commit),
+        cmocka_unit_test(test_lease_reads),
         cmocka_unit_test(test_snapshot_catch_up),
         cmocka_unit_test(test_snapshot_transfer_interrupted),
         cmocka_unit_test(test_snapshot_crash_after_install),
