@@ -1,8 +1,10 @@
 /*
  * test_cluster.c — three real inboxd processes on 127.0.0.1 as one cluster
  * (every shard a Raft group over all three): SIGKILL of a shard's leader
- * under steady enqueue load, SIGKILL of every node at once, and a node
- * whose certificate comes from another CA.
+ * under steady enqueue load, SIGKILL of every node at once, a node whose
+ * certificate comes from another CA, and a fourth node joining under load
+ * (`inboxctl cluster add-node`) while node 1 leaves (`cluster remove-node`,
+ * then stopped), with `cluster transfer-leader` to the new node.
  *
  * The head-to-toe check (cluster_verify) reads every inbox from every node
  * with STALE_OK over a raw connection pinned to that node (libinbox sends
@@ -10,8 +12,8 @@
  * all nodes report the same applied index for every shard: every
  * acknowledged enqueue is present exactly once at its acknowledged seq,
  * seqs run gapless from 1, no msg id is stored twice, every stored message
- * is one that was sent to that inbox with its payload, and all three nodes
- * hold the very same inboxes.
+ * is one that was sent to that inbox with its payload, and all the nodes
+ * checked (a mask over up to NODES_MAX slots) hold the very same inboxes.
  *
  * Usage: test_cluster PATH/TO/inboxd [PATH/TO/inboxctl]  (or $INBOXD_BIN,
  * $INBOXCTL_BIN). inboxctl, when given, is what finds the leader to kill
@@ -39,6 +41,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "inbox/client.h"
@@ -49,7 +52,9 @@
 #include "net/codec.h"
 #include "raw_client.h"
 
-#define NODES 3u
+#define NODES 3u     /* the cluster as created: nodes 1..3 */
+#define NODES_MAX 4u /* node slots: node 4 joins (test_add_and_remove_node) */
+#define ALL3 ((1u << NODES) - 1u)
 #define SHARDS 8u
 #define SHARDS_ARG "8"
 
@@ -148,17 +153,19 @@ struct pinned;
 static void pinned_close(struct pinned *pn);
 
 struct cluster {
-    struct inboxd_proc p[NODES];
-    uint16_t ports[NODES];
-    char addrs[NODES][32];
-    char ids[NODES][8];
+    struct inboxd_proc p[NODES_MAX];
+    unsigned slots; /* p[0..slots) are initialized */
+    uint16_t ports[NODES_MAX];
+    char addrs[NODES_MAX][32];
+    char ids[NODES_MAX][8];
     char members[128];
-    const char *args[NODES][10];
+    const char *args[NODES_MAX][12];
     /* Certificates, under node 1's root (kept or removed with it). */
     char tls[PROC_PATH_BYTES];
     char ca[PROC_PATH_BYTES], ca_key[PROC_PATH_BYTES];
     char admin_crt[PROC_PATH_BYTES], admin_key[PROC_PATH_BYTES];
-    char node_crt[NODES][PROC_PATH_BYTES], node_key[NODES][PROC_PATH_BYTES];
+    char node_crt[NODES_MAX][PROC_PATH_BYTES];
+    char node_key[NODES_MAX][PROC_PATH_BYTES];
     /* Another CA, its node 3 and its admin (test_foreign_ca). */
     char xca[PROC_PATH_BYTES], xca_key[PROC_PATH_BYTES];
     char xadmin_crt[PROC_PATH_BYTES], xadmin_key[PROC_PATH_BYTES];
@@ -254,6 +261,7 @@ static int cluster_setup(void **state)
         snprintf(name, sizeof name, "n%u", i + 1);
         if (proc_init(&c->p[i], name) != 0)
             return -1;
+        c->slots = i + 1;
     }
     return 0;
 }
@@ -263,7 +271,7 @@ static int cluster_teardown(void **state)
     struct cluster *c = *state;
     if (c == NULL)
         return 0;
-    for (unsigned i = 0; i < NODES; i++)
+    for (unsigned i = 0; i < c->slots; i++)
         proc_kill9(&c->p[i]);
     if (c->load != NULL) {
         load_stop(c->load, 500);
@@ -274,10 +282,48 @@ static int cluster_teardown(void **state)
         pinned_close(c->pn);
     free(c->pn);
     bool keep = !c->passed && getenv("INBOX_TEST_CLEAN") == NULL;
-    for (unsigned i = NODES; i-- > 0;)
+    for (unsigned i = c->slots; i-- > 0;)
         proc_destroy(&c->p[i], keep);
     free(c);
     return 0;
+}
+
+/* Slot i's port (fresh, unlike the other slots'), address and id. */
+static void node_address(struct cluster *c, unsigned i)
+{
+    c->ports[i] = proc_free_port();
+    assert_true(c->ports[i] != 0);
+    for (unsigned j = 0; j < i; j++)
+        assert_true(c->ports[j] != c->ports[i]);
+    snprintf(c->addrs[i], sizeof c->addrs[i], "127.0.0.1:%u",
+             (unsigned)c->ports[i]);
+    snprintf(c->ids[i], sizeof c->ids[i], "%u", i + 1);
+}
+
+/* Slot i's flags: the same for every node, plus --cluster-join 1 for a
+ * node that joins the running cluster. */
+static void node_flags(struct cluster *c, unsigned i, bool join)
+{
+    const char **a = c->args[i];
+    size_t n = 0;
+    a[n++] = "--node-id";
+    a[n++] = c->ids[i];
+    a[n++] = "--cluster-members";
+    a[n++] = c->members;
+    a[n++] = "--cluster-shard-count";
+    a[n++] = SHARDS_ARG;
+    /* Checkpoints during the load: WAL segments are released while a
+     * node is down and while it catches up. */
+    a[n++] = "--store-checkpoint-interval";
+    a[n++] = "1s";
+    a[n++] = "--wal-segment-bytes";
+    a[n++] = "1MiB";
+    if (join) {
+        a[n++] = "--cluster-join";
+        a[n++] = "1";
+    }
+    assert_true(n <= sizeof c->args[i] / sizeof c->args[i][0]);
+    proc_add_args(&c->p[i], a, n);
 }
 
 /* Fixes the ports and members, makes the certificates, and gives each
@@ -288,34 +334,14 @@ static void cluster_configure(struct cluster *c, bool metrics,
     make_certificates(c);
     size_t at = 0;
     for (unsigned i = 0; i < NODES; i++) {
-        c->ports[i] = proc_free_port();
-        assert_true(c->ports[i] != 0);
-        for (unsigned j = 0; j < i; j++)
-            assert_true(c->ports[j] != c->ports[i]);
-        snprintf(c->addrs[i], sizeof c->addrs[i], "127.0.0.1:%u",
-                 (unsigned)c->ports[i]);
-        snprintf(c->ids[i], sizeof c->ids[i], "%u", i + 1);
+        node_address(c, i);
         at += (size_t)snprintf(c->members + at, sizeof c->members - at,
                                "%s%u@%s", i ? "," : "", i + 1, c->addrs[i]);
         assert_true(at < sizeof c->members);
     }
     for (unsigned i = 0; i < NODES; i++) {
         struct inboxd_proc *p = &c->p[i];
-        const char **a = c->args[i];
-        size_t n = 0;
-        a[n++] = "--node-id";
-        a[n++] = c->ids[i];
-        a[n++] = "--cluster-members";
-        a[n++] = c->members;
-        a[n++] = "--cluster-shard-count";
-        a[n++] = SHARDS_ARG;
-        /* Checkpoints during the load: WAL segments are released while a
-         * node is down and while it catches up. */
-        a[n++] = "--store-checkpoint-interval";
-        a[n++] = "1s";
-        a[n++] = "--wal-segment-bytes";
-        a[n++] = "1MiB";
-        proc_add_args(p, a, n);
+        node_flags(c, i, false);
         if (metrics) {
             uint16_t mp = proc_free_port();
             assert_true(mp != 0);
@@ -331,9 +357,28 @@ static void cluster_configure(struct cluster *c, bool metrics,
     }
 }
 
+/* Node 4 (slot NODES), after cluster_configure: its own port, a node
+ * certificate from the cluster's CA, and the same flags plus
+ * --cluster-join 1 (cluster.members stays nodes 1..3). */
+static void node4_configure(struct cluster *c)
+{
+    unsigned i = NODES;
+    assert_int_equal(proc_init(&c->p[i], "n4"), 0);
+    c->slots = i + 1;
+    node_address(c, i);
+    path_in(c->node_crt[i], c->tls, "n4.crt");
+    path_in(c->node_key[i], c->tls, "n4.key");
+    issue(c->ca, c->ca_key, c->node_crt[i], c->node_key[i], "n4",
+          INBOX_ROLE_NODE);
+    node_flags(c, i, true);
+    assert_int_equal(proc_set_tls(&c->p[i], c->ca, c->node_crt[i],
+                                  c->node_key[i], c->admin_crt, c->admin_key),
+                     0);
+}
+
 static void cluster_logs(struct cluster *c)
 {
-    for (unsigned i = 0; i < NODES; i++)
+    for (unsigned i = 0; i < c->slots; i++)
         proc_log_tail(&c->p[i], 25);
 }
 
@@ -357,9 +402,9 @@ static struct inbox_client *cluster_client(struct cluster *c, unsigned mask,
                                            const char *ca, const char *crt,
                                            const char *key)
 {
-    const char *seeds[NODES];
+    const char *seeds[NODES_MAX];
     size_t n = 0;
-    for (unsigned i = 0; i < NODES; i++)
+    for (unsigned i = 0; i < c->slots; i++)
         if (mask & (1u << i))
             seeds[n++] = c->addrs[i];
     struct inbox_client_config cfg = {
@@ -474,11 +519,11 @@ static int pinned_status(struct pinned *pn, struct node_view *v)
 /* STATUS of every node in `mask`, over fresh connections with the main
  * CA. A node that does not answer is left !up. */
 static void cluster_views(struct cluster *c, unsigned mask,
-                          struct node_view v[NODES])
+                          struct node_view v[NODES_MAX])
 {
-    for (unsigned i = 0; i < NODES; i++) {
+    for (unsigned i = 0; i < NODES_MAX; i++) {
         memset(&v[i], 0, sizeof v[i]);
-        if (!(mask & (1u << i)) || c->p[i].pid == 0)
+        if (!(mask & (1u << i)) || i >= c->slots || c->p[i].pid == 0)
             continue;
         struct pinned *pn = calloc(1, sizeof *pn);
         assert_non_null(pn);
@@ -492,12 +537,12 @@ static void cluster_views(struct cluster *c, unsigned mask,
 
 /* Every shard has one leader that every node in `mask` names and that
  * says it leads. */
-static bool leaders_agree(struct node_view v[NODES], unsigned mask,
+static bool leaders_agree(struct node_view v[NODES_MAX], unsigned mask,
                           uint64_t leaders[SHARDS])
 {
     for (uint32_t s = 0; s < SHARDS; s++) {
         uint64_t l = 0;
-        for (unsigned i = 0; i < NODES; i++) {
+        for (unsigned i = 0; i < NODES_MAX; i++) {
             if (!(mask & (1u << i)))
                 continue;
             if (!v[i].up || v[i].shards[s].leader_id == 0)
@@ -507,7 +552,7 @@ static bool leaders_agree(struct node_view v[NODES], unsigned mask,
             if (v[i].shards[s].leader_id != l)
                 return false;
         }
-        if (l == 0 || l > NODES || !(mask & (1u << (l - 1))) ||
+        if (l == 0 || l > NODES_MAX || !(mask & (1u << (l - 1))) ||
             v[l - 1].shards[s].role != INBOX_REPLICA_LEADER)
             return false;
         leaders[s] = l;
@@ -520,7 +565,7 @@ static bool leaders_agree(struct node_view v[NODES], unsigned mask,
 static uint64_t cluster_wait_leaders(struct cluster *c, unsigned mask,
                                      uint64_t leaders[SHARDS])
 {
-    struct node_view v[NODES];
+    struct node_view v[NODES_MAX];
     uint64_t t0 = proc_now_ms(), end = t0 + LEADERS_WAIT_MS;
     for (;;) {
         cluster_views(c, mask, v);
@@ -531,7 +576,7 @@ static uint64_t cluster_wait_leaders(struct cluster *c, unsigned mask,
         proc_sleep_ms(50);
     }
     cluster_logs(c);
-    for (unsigned i = 0; i < NODES; i++)
+    for (unsigned i = 0; i < NODES_MAX; i++)
         for (uint32_t s = 0; v[i].up && s < SHARDS; s++)
             fprintf(stderr,
                     "node %u shard %u: role %u leader %" PRIu64 " term %" PRIu64
@@ -542,21 +587,32 @@ static uint64_t cluster_wait_leaders(struct cluster *c, unsigned mask,
     return 0;
 }
 
-/* Waits (bounded) until every node applied the same index in every shard,
- * so a stale read on any node sees all there is. */
-static void cluster_wait_applied(struct cluster *c)
+/* The lowest node slot in `mask` (mask != 0). */
+static unsigned mask_first(unsigned mask)
 {
-    struct node_view v[NODES];
+    unsigned i = 0;
+    while (!(mask & (1u << i)))
+        i++;
+    return i;
+}
+
+/* Waits (bounded) until every node of `mask` applied the same index in
+ * every shard, so a stale read on any of them sees all there is. */
+static void cluster_wait_applied(struct cluster *c, unsigned mask)
+{
+    struct node_view v[NODES_MAX];
+    unsigned f = mask_first(mask);
     uint64_t t0 = proc_now_ms(), end = t0 + APPLIED_WAIT_MS;
     for (;;) {
-        cluster_views(c, (1u << NODES) - 1u, v);
+        cluster_views(c, mask, v);
         bool same = true;
-        for (unsigned i = 0; i < NODES; i++)
-            same = same && v[i].up;
+        for (unsigned i = 0; i < NODES_MAX; i++)
+            same = same && (!(mask & (1u << i)) || v[i].up);
         for (uint32_t s = 0; same && s < SHARDS; s++)
-            for (unsigned i = 1; i < NODES; i++)
-                same = same && v[i].shards[s].applied_index ==
-                                   v[0].shards[s].applied_index;
+            for (unsigned i = f + 1; i < NODES_MAX; i++)
+                same = same && (!(mask & (1u << i)) ||
+                                v[i].shards[s].applied_index ==
+                                    v[f].shards[s].applied_index);
         if (same) {
             print_message("    every node applied the same indexes after "
                           "%" PRIu64 " ms\n",
@@ -568,11 +624,14 @@ static void cluster_wait_applied(struct cluster *c)
         proc_sleep_ms(50);
     }
     cluster_logs(c);
-    for (uint32_t s = 0; s < SHARDS; s++)
-        fprintf(stderr,
-                "shard %u applied: %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", s,
-                v[0].shards[s].applied_index, v[1].shards[s].applied_index,
-                v[2].shards[s].applied_index);
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        fprintf(stderr, "shard %u applied:", s);
+        for (unsigned i = 0; i < NODES_MAX; i++)
+            if (mask & (1u << i))
+                fprintf(stderr, " node %u %s%" PRIu64, i + 1,
+                        v[i].up ? "" : "(down) ", v[i].shards[s].applied_index);
+        fputc('\n', stderr);
+    }
     fail_msg("nodes did not converge on one applied index in %d ms",
              APPLIED_WAIT_MS);
 }
@@ -781,7 +840,7 @@ struct inbox_view {
 };
 
 struct verify {
-    struct inbox_view v[NODES][INBOXES];
+    struct inbox_view v[NODES_MAX][INBOXES];
     size_t stale_answers;
 };
 
@@ -789,7 +848,7 @@ static void verify_free(struct verify *vf)
 {
     if (vf == NULL)
         return;
-    for (unsigned i = 0; i < NODES; i++)
+    for (unsigned i = 0; i < NODES_MAX; i++)
         for (uint32_t b = 0; b < INBOXES; b++)
             free(vf->v[i][b].ids);
     free(vf);
@@ -913,12 +972,14 @@ static void verify_ops(struct load *l, unsigned node, size_t *acked_out,
     *unknown_found_out = unknown_found;
 }
 
-/* The check, on every node, once all applied the same indexes; then the
- * nodes must hold identical inboxes. Returns the views (kept in c->vf, freed
- * by the teardown or the next check) for the next seqs. */
-static struct verify *cluster_verify(struct cluster *c, struct load *l)
+/* The check, on every node of `mask`, once all applied the same indexes;
+ * then those nodes must hold identical inboxes. Returns the views (kept in
+ * c->vf, freed by the teardown or the next check; v[i] for node i + 1) for
+ * the next seqs. */
+static struct verify *cluster_verify(struct cluster *c, struct load *l,
+                                     unsigned mask)
 {
-    cluster_wait_applied(c);
+    cluster_wait_applied(c, mask);
     verify_free(c->vf);
     struct verify *vf = calloc(1, sizeof *vf);
     assert_non_null(vf);
@@ -927,7 +988,9 @@ static struct verify *cluster_verify(struct cluster *c, struct load *l)
         c->pn = calloc(1, sizeof *c->pn);
     struct pinned *pn = c->pn;
     assert_non_null(pn);
-    for (unsigned i = 0; i < NODES; i++) {
+    for (unsigned i = 0; i < NODES_MAX; i++) {
+        if (!(mask & (1u << i)))
+            continue;
         int rc =
             pinned_open(pn, c->ports[i], c->ca, c->admin_crt, c->admin_key);
         if (rc != 0) {
@@ -946,14 +1009,16 @@ static struct verify *cluster_verify(struct cluster *c, struct load *l)
                       "of them stored\n",
                       i + 1, msgs, acked, unknown, unknown_found);
     }
-    for (unsigned i = 1; i < NODES; i++)
-        for (uint32_t b = 0; b < INBOXES; b++) {
-            const struct inbox_view *a = &vf->v[0][b], *o = &vf->v[i][b];
+    unsigned f = mask_first(mask);
+    for (unsigned i = f + 1; i < NODES_MAX; i++)
+        for (uint32_t b = 0; mask & (1u << i) && b < INBOXES; b++) {
+            const struct inbox_view *a = &vf->v[f][b], *o = &vf->v[i][b];
             if (a->last_seq != o->last_seq ||
                 memcmp(a->ids, o->ids, a->last_seq * INBOX_MSG_ID_BYTES) != 0)
-                fail_msg("%s differs between node 1 (last seq %" PRIu64
+                fail_msg("%s differs between node %u (last seq %" PRIu64
                          ") and node %u (%" PRIu64 ")",
-                         inbox_names[b], a->last_seq, i + 1, o->last_seq);
+                         inbox_names[b], f + 1, a->last_seq, i + 1,
+                         o->last_seq);
         }
     /* Followers answered: the reads were served where they were sent. */
     print_message("    %zu of the FETCH answers were stale (a follower's)\n",
@@ -1008,7 +1073,7 @@ static uint64_t find_leader(struct cluster *c, struct inbox_client *cl,
         uint64_t id = inboxctl_bin != NULL
                           ? leader_by_inboxctl(c, inbox_names[b])
                           : leader_by_route(cl, inbox_shards[b]);
-        if (id >= 1 && id <= NODES)
+        if (id >= 1 && id <= NODES_MAX)
             return id;
         proc_sleep_ms(50);
     }
@@ -1072,7 +1137,7 @@ static void test_leader_kill9(void **state)
     load_stop(l, CALL_MS + 2000u);
     load_summary(l, "load stopped");
 
-    cluster_verify(c, l);
+    cluster_verify(c, l, ALL3);
     for (unsigned i = 0; i < NODES; i++)
         assert_int_equal(proc_stop(&c->p[i], STOP_MS), 0);
     c->passed = true;
@@ -1103,7 +1168,7 @@ static void test_all_kill9(void **state)
     print_message("    restarted; a leader for every shard after %" PRIu64
                   " ms\n",
                   proc_now_ms() - t0);
-    struct verify *vf = cluster_verify(c, l);
+    struct verify *vf = cluster_verify(c, l, ALL3);
 
     /* And it takes new writes, each at the next seq of its inbox. */
     struct inbox_client *cl = cluster_client(c, (1u << NODES) - 1u, c->ca,
@@ -1301,13 +1366,277 @@ static void test_foreign_ca(void **state)
             term3 = v3.shards[s].term;
     }
     /* Nodes 1 and 2 still lead every shard between them, as before. */
-    struct node_view v[NODES];
+    struct node_view v[NODES_MAX];
     cluster_views(c, 3u, v);
     assert_true(leaders_agree(v, 3u, leaders));
     print_message("    node 3: no leader, nothing applied, highest term "
                   "%" PRIu64 " (pre-vote keeps a cut-off node's term)\n",
                   term3);
     for (unsigned i = 0; i < NODES; i++)
+        assert_int_equal(proc_stop(&c->p[i], STOP_MS), 0);
+    c->passed = true;
+}
+
+/* ---- 4. a node joins under load, another leaves ---------------------------
+ */
+
+#define CLI_OUT_BYTES 65536u
+#define STATUS_WAIT_MS 10000 /* cluster status shows what it must */
+
+/* Runs `inboxctl ARGS --addr ... (the nodes of `mask`) --ca --cert --key`
+ * (the admin) and returns its exit code (-1: it did not exit), its stdout
+ * in out. Its stderr goes to ours. */
+static int inboxctl_run(struct cluster *c, unsigned mask, const char *args,
+                        char *out, size_t cap)
+{
+    char cmd[8 * PROC_PATH_BYTES];
+    int n = snprintf(cmd, sizeof cmd, "'%s' %s", inboxctl_bin, args);
+    assert_true(n > 0 && (size_t)n < sizeof cmd);
+    for (unsigned i = 0; i < NODES_MAX; i++)
+        if (mask & (1u << i)) {
+            n += snprintf(cmd + n, sizeof cmd - (size_t)n, " --addr %s",
+                          c->addrs[i]);
+            assert_true((size_t)n < sizeof cmd);
+        }
+    n += snprintf(cmd + n, sizeof cmd - (size_t)n,
+                  " --ca '%s' --cert '%s' --key '%s' --timeout 5000", c->ca,
+                  c->admin_crt, c->admin_key);
+    assert_true((size_t)n < sizeof cmd);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    size_t len = 0;
+    for (;;) {
+        size_t r = fread(out + len, 1, cap - 1 - len, f);
+        len += r;
+        if (r == 0 || len == cap - 1)
+            break;
+    }
+    out[len] = '\0';
+    if (len == cap - 1) { /* keep the tail: that is what is checked */
+        char sink[4096];
+        while (fread(sink, 1, sizeof sink, f) > 0) {
+        }
+    }
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Asserts that an inboxctl run exited 0 and that its last line starts
+ * with `want`. */
+static void cli_expect(struct cluster *c, const char *what, int code,
+                       const char *out, const char *want)
+{
+    size_t len = strlen(out);
+    while (len > 0 && out[len - 1] == '\n')
+        len--;
+    size_t at = len;
+    while (at > 0 && out[at - 1] != '\n')
+        at--;
+    bool ends =
+        len - at >= strlen(want) && strncmp(out + at, want, strlen(want)) == 0;
+    if (code != 0 || !ends) {
+        cluster_logs(c);
+        fprintf(stderr, "---- inboxctl %s: output ----\n%s---- end ----\n",
+                what, out);
+        fail_msg("inboxctl %s: exit %d (expected exit 0 and a last line "
+                 "starting with \"%s\")",
+                 what, code, want);
+    }
+}
+
+/* The unsigned number after `"key":` at or after p, and where it ends
+ * (NULL: not found). */
+static const char *json_u64(const char *p, const char *key, uint64_t *v)
+{
+    char k[48];
+    snprintf(k, sizeof k, "\"%s\":", key);
+    p = strstr(p, k);
+    if (p == NULL)
+        return NULL;
+    char *end = NULL;
+    *v = strtoull(p + strlen(k), &end, 10);
+    return end;
+}
+
+/* Whether `inboxctl cluster status --json` (seeded with `seeds`) exited 0
+ * and lists exactly the nodes of `expect`, every one reachable, and every
+ * shard with a leader among them. The output stays in out. */
+static bool status_shows(struct cluster *c, unsigned seeds, unsigned expect,
+                         char *out, size_t cap)
+{
+    if (inboxctl_run(c, seeds, "cluster status --json", out, cap) != 0)
+        return false;
+    uint64_t v = 0;
+    const char *p = json_u64(out, "shard_count", &v);
+    if (p == NULL || v != SHARDS)
+        return false;
+    p = json_u64(p, "leaderless_shards", &v);
+    if (p == NULL || v != 0)
+        return false;
+    const char *shards = strstr(p, "\"shards\":[");
+    if (shards == NULL)
+        return false;
+    /* The nodes: each {"node_id":N,"addr":..,"reachable":true,...}. */
+    unsigned seen = 0;
+    for (;;) {
+        const char *q = json_u64(p, "node_id", &v);
+        if (q == NULL || q > shards)
+            break;
+        const char *close = strchr(q, '}');
+        const char *up = strstr(q, "\"reachable\":true");
+        if (v < 1 || v > NODES_MAX || up == NULL || up > close ||
+            (seen & (1u << (v - 1))))
+            return false;
+        seen |= 1u << (v - 1);
+        p = close;
+    }
+    if (seen != expect)
+        return false;
+    /* The shards: each {"shard":S,"leader_id":N,...}. */
+    unsigned count = 0;
+    for (p = shards; (p = json_u64(p, "leader_id", &v)) != NULL; count++)
+        if (v < 1 || v > NODES_MAX || !(expect & (1u << (v - 1))))
+            return false;
+    return count == SHARDS;
+}
+
+/* Waits (bounded) until status_shows; fails with its last output. */
+static void cluster_status_expect(struct cluster *c, unsigned seeds,
+                                  unsigned expect)
+{
+    static char out[CLI_OUT_BYTES];
+    uint64_t t0 = proc_now_ms(), end = t0 + STATUS_WAIT_MS;
+    unsigned runs = 1;
+    while (!status_shows(c, seeds, expect, out, sizeof out)) {
+        if (proc_now_ms() >= end) {
+            cluster_logs(c);
+            fprintf(stderr,
+                    "---- last inboxctl cluster status --json ----\n"
+                    "%s---- end ----\n",
+                    out);
+            fail_msg("inboxctl cluster status --json never showed exactly "
+                     "nodes 0x%x, reachable, and a leader among them for "
+                     "every shard in %d ms (%u runs)",
+                     expect, STATUS_WAIT_MS, runs);
+        }
+        proc_sleep_ms(200);
+        runs++;
+    }
+    print_message("    cluster status: nodes 0x%x reachable, every shard led "
+                  "(%u run(s), %" PRIu64 " ms)\n",
+                  expect, runs, proc_now_ms() - t0);
+}
+
+/* The leader of `shard` per `inboxctl route --json` (seeded with `seeds`);
+ * 0 unknown. */
+static uint64_t route_leader(struct cluster *c, unsigned seeds, uint32_t shard)
+{
+    static char out[CLI_OUT_BYTES];
+    if (inboxctl_run(c, seeds, "route --json", out, sizeof out) != 0)
+        return 0;
+    const char *p = strstr(out, "\"leaders\":[");
+    if (p == NULL)
+        return 0;
+    p += strlen("\"leaders\":[");
+    for (uint32_t s = 0; s < shard; s++) {
+        p = strchr(p, ',');
+        if (p == NULL)
+            return 0;
+        p++;
+    }
+    return strtoull(p, NULL, 10);
+}
+
+static void test_add_and_remove_node(void **state)
+{
+    struct cluster *c = *state;
+    if (inboxctl_bin == NULL)
+        skip();
+    static char out[CLI_OUT_BYTES];
+    char args[256];
+    const unsigned all4 = (1u << NODES_MAX) - 1u;
+    const unsigned rest = all4 & ~1u; /* nodes 2, 3, 4 */
+    cluster_configure(c, false, false);
+    node4_configure(c);
+    cluster_start(c);
+    uint64_t leaders[SHARDS];
+    cluster_wait_leaders(c, ALL3, leaders);
+    struct load *l = load_start(c, proc_now_ms() ^ 0x2545F491u);
+    load_wait_acks(l, 0, LOAD_ACKED_MIN, LOAD_MS_MIN);
+
+    /* Node 4 joins: started with --cluster-join 1, then added by the CLI
+     * while the writers go on. */
+    node_start(c, NODES);
+    size_t acked0 = load_acked(l);
+    uint64_t t0 = proc_now_ms();
+    snprintf(args, sizeof args, "cluster add-node 4 %s --wait 60",
+             c->addrs[NODES]);
+    int code = inboxctl_run(c, ALL3, args, out, sizeof out);
+    cli_expect(c, "cluster add-node 4", code, out,
+               "node 4 is a voter in every shard");
+    size_t acked1 = load_acked(l);
+    print_message("    node 4 a voter in every shard after %" PRIu64
+                  " ms; %zu enqueues acknowledged meanwhile\n",
+                  proc_now_ms() - t0, acked1 - acked0);
+    assert_true(acked1 > acked0);
+    cluster_status_expect(c, all4, all4);
+
+    /* Node 1 leaves, under load. */
+    size_t acked2 = load_acked(l);
+    t0 = proc_now_ms();
+    code = inboxctl_run(c, rest, "cluster remove-node 1 --wait 60", out,
+                        sizeof out);
+    cli_expect(c, "cluster remove-node 1", code, out,
+               "node 1 is no longer a member of any shard");
+    size_t acked3 = load_acked(l);
+    print_message("    node 1 removed from every shard after %" PRIu64
+                  " ms; %zu enqueues acknowledged meanwhile\n",
+                  proc_now_ms() - t0, acked3 - acked2);
+    assert_true(acked3 > acked2);
+    load_wait_acks(l, acked3, LOAD_ACKED_MIN, 500);
+
+    /* Stopped, it is not missed: {2, 3, 4} lead every shard and take the
+     * writes (quorum 2 of 3). */
+    assert_int_equal(proc_stop(&c->p[0], STOP_MS), 0);
+    print_message("    node 1 stopped; leaders among 2, 3, 4 after %" PRIu64
+                  " ms\n",
+                  cluster_wait_leaders(c, rest, leaders));
+    load_wait_acks(l, load_acked(l), LOAD_ACKED_MIN, 500);
+    cluster_status_expect(c, rest, rest);
+
+    /* Leadership of a shard node 4 does not lead moves to it. */
+    uint32_t shard = SHARDS;
+    for (uint32_t s = 0; s < SHARDS && shard == SHARDS; s++)
+        if (leaders[s] != NODES_MAX)
+            shard = s;
+    if (shard < SHARDS) {
+        snprintf(args, sizeof args,
+                 "cluster transfer-leader %u --to 4 --wait 30", shard);
+        code = inboxctl_run(c, rest, args, out, sizeof out);
+        char want[64];
+        snprintf(want, sizeof want, "shard %u: leader %" PRIu64 " -> 4", shard,
+                 leaders[shard]);
+        cli_expect(c, "cluster transfer-leader", code, out, want);
+        uint64_t now = route_leader(c, rest, shard);
+        if (now != NODES_MAX) {
+            cluster_logs(c);
+            fail_msg("after transfer-leader, ROUTE names %" PRIu64
+                     " the leader of shard %u, not 4",
+                     now, shard);
+        }
+        struct node_view v[NODES_MAX];
+        cluster_views(c, 1u << NODES, v);
+        assert_true(v[NODES].up);
+        assert_int_equal(v[NODES].shards[shard].role, INBOX_REPLICA_LEADER);
+        print_message("    shard %u: leader %" PRIu64 " -> 4 (ROUTE agrees)\n",
+                      shard, leaders[shard]);
+        load_wait_acks(l, load_acked(l), LOAD_ACKED_MIN, 500);
+    }
+
+    load_stop(l, CALL_MS + 2000u);
+    load_summary(l, "load stopped");
+    cluster_verify(c, l, rest);
+    for (unsigned i = 1; i < NODES_MAX; i++)
         assert_int_equal(proc_stop(&c->p[i], STOP_MS), 0);
     c->passed = true;
 }
@@ -1338,6 +1667,7 @@ int main(int argc, char **argv)
         T(test_leader_kill9),
         T(test_all_kill9),
         T(test_foreign_ca),
+        T(test_add_and_remove_node),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
