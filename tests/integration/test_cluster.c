@@ -159,7 +159,8 @@ struct cluster {
     char addrs[NODES_MAX][32];
     char ids[NODES_MAX][8];
     char members[128];
-    const char *args[NODES_MAX][12];
+    const char *args[NODES_MAX][14];
+    const char *retain; /* --raft-retain-entries for every node, or NULL */
     /* Certificates, under node 1's root (kept or removed with it). */
     char tls[PROC_PATH_BYTES];
     char ca[PROC_PATH_BYTES], ca_key[PROC_PATH_BYTES];
@@ -321,6 +322,10 @@ static void node_flags(struct cluster *c, unsigned i, bool join)
     if (join) {
         a[n++] = "--cluster-join";
         a[n++] = "1";
+    }
+    if (c->retain != NULL) {
+        a[n++] = "--raft-retain-entries";
+        a[n++] = c->retain;
     }
     assert_true(n <= sizeof c->args[i] / sizeof c->args[i][0]);
     proc_add_args(&c->p[i], a, n);
@@ -1644,6 +1649,73 @@ static void test_add_and_remove_node(void **state)
 /* ---- main ------------------------------------------------------------------
  */
 
+/* ---- 5. a node kept down past the compacted log rejoins by snapshot -----
+ */
+
+#define SNAP_WAIT_MS 30000 /* the returning node installs its snapshots */
+
+static void test_rejoin_by_snapshot(void **state)
+{
+    struct cluster *c = *state;
+    /* Leaders keep at most 32 entries for a lagging follower, so a node
+     * that misses more than that (and a checkpoint, every second) can
+     * only come back by snapshot. */
+    c->retain = "32";
+    cluster_configure(c, true, false);
+    cluster_start(c);
+    uint64_t leaders[SHARDS];
+    cluster_wait_leaders(c, ALL3, leaders);
+    struct load *l = load_start(c, proc_now_ms());
+    load_wait_acks(l, 0, LOAD_ACKED_MIN, LOAD_MS_MIN);
+
+    /* Node 3 goes down; the others take many more writes than the leaders
+     * keep for it and checkpoint (1 s) past them. */
+    proc_kill9(&c->p[2]);
+    size_t base = load_acked(l);
+    load_wait_acks(l, base, 40u * SHARDS * 4u, 2500);
+    print_message("    node 3 down while %zu more enqueues were "
+                  "acknowledged\n",
+                  load_acked(l) - base);
+    int64_t installed0 = 0;
+
+    /* It comes back: every shard it missed is caught up by a snapshot
+     * sent over the network, while the load goes on. */
+    node_start(c, 2);
+    uint64_t t0 = proc_now_ms(), end = t0 + SNAP_WAIT_MS;
+    int64_t installed = 0, sent = 0;
+    for (;;) {
+        installed =
+            metric(c->p[2].metrics, "inbox_node_snapshots_installed_total");
+        if (installed > installed0 || proc_now_ms() >= end)
+            break;
+        proc_sleep_ms(50);
+    }
+    sent = metric(c->p[0].metrics, "inbox_node_snapshots_sent_total") +
+           metric(c->p[1].metrics, "inbox_node_snapshots_sent_total");
+    print_message("    node 3 installed %" PRId64 " snapshot(s) in %" PRIu64
+                  " ms; nodes 1 and 2 sent %" PRId64 "\n",
+                  installed, proc_now_ms() - t0, sent);
+    if (installed <= installed0) {
+        cluster_logs(c);
+        fail_msg("node 3 installed no snapshot in %d ms", SNAP_WAIT_MS);
+    }
+    assert_true(sent >= installed);
+    load_wait_acks(l, load_acked(l), LOAD_ACKED_MIN, 500);
+    load_stop(l, CALL_MS + 2000u);
+    load_summary(l, "load stopped");
+
+    /* Node 3 holds everything, identical to the others. */
+    cluster_verify(c, l, ALL3);
+    /* And it can carry the cluster: with node 1 down, 2 and 3 serve every
+     * acknowledged enqueue (checked on both). */
+    assert_int_equal(proc_stop(&c->p[0], STOP_MS), 0);
+    cluster_wait_leaders(c, 0x6u, leaders);
+    cluster_verify(c, l, 0x6u);
+    for (unsigned i = 1; i < NODES; i++)
+        assert_int_equal(proc_stop(&c->p[i], STOP_MS), 0);
+    c->passed = true;
+}
+
 int main(int argc, char **argv)
 {
     inboxd_bin = argc > 1 ? argv[1] : getenv("INBOXD_BIN");
@@ -1664,10 +1736,9 @@ int main(int argc, char **argv)
         cmocka_set_test_filter(filter);
 #define T(f) cmocka_unit_test_setup_teardown(f, cluster_setup, cluster_teardown)
     const struct CMUnitTest tests[] = {
-        T(test_leader_kill9),
-        T(test_all_kill9),
-        T(test_foreign_ca),
-        T(test_add_and_remove_node),
+        T(test_leader_kill9),       T(test_all_kill9),
+        T(test_foreign_ca),         T(test_add_and_remove_node),
+        T(test_rejoin_by_snapshot),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
