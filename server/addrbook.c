@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "durable_file.h"
 #include "inbox/error.h"
 
 #define ADDRBOOK_MAGIC "inboxd-peers 1"
@@ -124,46 +125,18 @@ int addrbook_load(const char *data_dir, struct addrbook *b, char *err,
     return rc;
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
-}
-
 int addrbook_save(const char *data_dir, const struct addrbook *b)
 {
-    char path[ADDRBOOK_PATH_BYTES], tmp[ADDRBOOK_PATH_BYTES];
-    int rc = path_of(path, sizeof path, data_dir, ADDRBOOK_FILE);
-    if (rc == 0)
-        rc = path_of(tmp, sizeof tmp, data_dir, ADDRBOOK_FILE ".tmp");
-    if (rc != 0)
-        return rc;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    FILE *f = fdopen(fd, "w");
-    if (f == NULL) {
-        rc = -errno;
-        close(fd);
-        return rc;
-    }
-    fprintf(f, "%s\n", ADDRBOOK_MAGIC);
+    /* At most 32 bytes of id, space and newline per node beside its
+     * address, and two lines of framing. */
+    char buf[64 + ADDRBOOK_NODES_MAX * (CONFIG_ADDR_BYTES + 32)];
+    size_t at = 0;
+    at += (size_t)snprintf(buf + at, sizeof buf - at, "%s\n", ADDRBOOK_MAGIC);
     for (size_t i = 0; i < b->count; i++)
-        fprintf(f, "%" PRIu64 " %s\n", b->nodes[i].id, b->nodes[i].addr);
-    fprintf(f, "end %zu\n", b->count);
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0)
-        rc = -errno;
-    if (fclose(f) != 0 && rc == 0)
-        rc = -errno;
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = -errno;
-    if (rc != 0) {
-        (void)unlink(tmp);
-        return rc;
-    }
-    return fsync_dir(data_dir);
+        at += (size_t)snprintf(buf + at, sizeof buf - at, "%" PRIu64 " %s\n",
+                               b->nodes[i].id, b->nodes[i].addr);
+    at += (size_t)snprintf(buf + at, sizeof buf - at, "end %zu\n", b->count);
+    if (at >= sizeof buf)
+        return INBOX_ERANGE;
+    return durable_file_replace(data_dir, ADDRBOOK_FILE, buf, at);
 }

@@ -16,6 +16,7 @@
 #include <xxhash.h>
 
 #include "inbox/endian.h"
+#include "durable_file.h"
 #include "inbox/error.h"
 
 _Static_assert(INBOX_RAFT_VOTERS_MAX == 7u && INBOX_RAFT_LEARNERS_MAX == 4u,
@@ -259,40 +260,9 @@ int members_read(const char *data_dir, uint32_t shard_count,
     return rc;
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
-}
-
-static int write_all(int fd, const uint8_t *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
 int members_write(const char *data_dir, uint32_t shard_count,
                   const struct members_rec *recs)
 {
-    char path[PATH_BYTES_MAX], tmp[PATH_BYTES_MAX];
-    int rc = path_join(path, sizeof(path), data_dir, MEMBERS_FILE);
-    if (rc == 0)
-        rc = path_join(tmp, sizeof(tmp), data_dir, MEMBERS_FILE ".tmp");
-    if (rc != 0)
-        return rc;
     uint32_t count = 0;
     for (uint32_t i = 0; i < shard_count; i++)
         count += recs[i].present;
@@ -326,23 +296,7 @@ int members_write(const char *data_dir, uint32_t shard_count,
         }
     }
 #endif
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = -errno;
-        free(b);
-        return rc;
-    }
-    rc = write_all(fd, b, len);
+    int rc = durable_file_replace(data_dir, MEMBERS_FILE, b, len);
     free(b);
-    if (rc == 0 && fsync(fd) != 0)
-        rc = -errno;
-    if (close(fd) != 0 && rc == 0)
-        rc = -errno;
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = -errno;
-    if (rc != 0) {
-        (void)unlink(tmp);
-        return rc;
-    }
-    return fsync_dir(data_dir);
+    return rc;
 }

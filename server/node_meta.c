@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include "inbox/endian.h"
+#include "durable_file.h"
 #include "inbox/error.h"
 
 static const uint8_t meta_magic[8] = {'I', 'N', 'B', 'X', 'N', 'O', 'D', 'E'};
@@ -76,41 +77,9 @@ int node_meta_read(const char *data_dir, struct node_meta *out)
     return decode(b, out);
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
-}
-
 int node_meta_write(const char *data_dir, const struct node_meta *m)
 {
-    char path[PATH_BYTES_MAX], tmp[PATH_BYTES_MAX];
-    int rc = path_join(path, sizeof(path), data_dir, NODE_META_FILE);
-    if (rc == 0)
-        rc = path_join(tmp, sizeof(tmp), data_dir, NODE_META_FILE ".tmp");
-    if (rc != 0)
-        return rc;
     uint8_t b[NODE_META_BYTES];
     encode(m, b);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    ssize_t put = write(fd, b, sizeof(b));
-    if (put != (ssize_t)sizeof(b))
-        rc = put < 0 ? -errno : -EIO;
-    else if (fsync(fd) != 0)
-        rc = -errno;
-    if (close(fd) != 0 && rc == 0)
-        rc = -errno;
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = -errno;
-    if (rc != 0) {
-        (void)unlink(tmp);
-        return rc;
-    }
-    return fsync_dir(data_dir);
+    return durable_file_replace(data_dir, NODE_META_FILE, b, sizeof(b));
 }
