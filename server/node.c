@@ -161,6 +161,7 @@ struct req {
     uint32_t *order;                /* positions grouped by shard */
     struct store_target_result *results;
     uint64_t *seen;
+    int *seen_rc; /* SEEN_GET: per target, its part's error (0: ok) */
     /* single-part results */
     uint64_t seq;
     bool deduped;
@@ -467,6 +468,7 @@ static void req_complete(struct node *n, struct req *q)
         break;
     case REQ_SEEN_GET:
         res.seen_ms = q->seen;
+        res.seen_rc = q->seen_rc;
         res.seen_count = q->targets_count;
         break;
     case REQ_INFO:
@@ -489,6 +491,11 @@ static void part_finish(struct node *n, struct part *p, int rc)
         if (q->kind == REQ_ENQUEUE_MANY)
             for (uint32_t i = 0; i < p->targets_count; i++)
                 q->results[q->order[p->first + i]].rc = rc;
+        if (q->kind == REQ_SEEN_GET)
+            for (uint32_t i = 0; i < p->targets_count; i++) {
+                q->seen_rc[q->order[p->first + i]] = rc;
+                q->seen[q->order[p->first + i]] = 0;
+            }
         if (kind_is_write(q->kind))
             metrics_counter_add(&n->m.proposals_failed, 1);
     }
@@ -3047,7 +3054,8 @@ static struct req *req_build(struct node *n, const struct req_spec *sp,
     size_t off_seen =
         off_results + align8(results * sizeof(struct store_target_result));
     size_t seen = sp->kind == REQ_SEEN_GET ? tc : 0;
-    size_t off_keys = off_seen + align8(seen * sizeof(uint64_t));
+    size_t off_seen_rc = off_seen + align8(seen * sizeof(uint64_t));
+    size_t off_keys = off_seen_rc + align8(seen * sizeof(int));
     size_t off_payload = off_keys + key_bytes;
     size_t total = off_payload + sp->payload_len;
     uint8_t *mem = calloc(1, total);
@@ -3067,6 +3075,7 @@ static struct req *req_build(struct node *n, const struct req_spec *sp,
     q->order = (uint32_t *)(void *)(mem + off_order);
     q->results = results ? (void *)(mem + off_results) : NULL;
     q->seen = seen ? (uint64_t *)(void *)(mem + off_seen) : NULL;
+    q->seen_rc = seen ? (int *)(void *)(mem + off_seen_rc) : NULL;
     uint8_t *k = mem + off_keys;
     for (size_t i = 0; i < tc; i++) {
         const struct command_target *t = &sp->targets[i];

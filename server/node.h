@@ -185,6 +185,9 @@ struct node_result {
     size_t messages_count;
     /* SEEN_GET: one value per inbox, in the request's order (0 = never) */
     const uint64_t *seen_ms;
+    /* SEEN_GET: per inbox, 0 or the error its shard's read failed with
+     * (then its seen_ms is 0 and means nothing; res->rc is the first) */
+    const int *seen_rc;
     size_t seen_count;
     /* INBOX_INFO, and FETCH (the inbox's state the messages were read
      * from: acked seq and next seq for the response) */

@@ -707,9 +707,14 @@ static void seen_get_done(void *arg, const struct node_result *res)
         respond_error(req, res->rc);
         return;
     }
+    /* Per inbox: its value, or the error its shard's read failed with (a
+     * failed read is never reported as a last-seen of 0). */
     struct inbox_code_u64 items[INBOX_SEEN_GET_INBOXES_MAX];
-    for (size_t i = 0; i < res->seen_count; i++)
-        items[i] = (struct inbox_code_u64){0, res->seen_ms[i]};
+    for (size_t i = 0; i < res->seen_count; i++) {
+        int rc = res->seen_rc != NULL ? res->seen_rc[i] : 0;
+        items[i] = (struct inbox_code_u64){(uint16_t)(rc == 0 ? 0 : -rc),
+                                           rc == 0 ? res->seen_ms[i] : 0};
+    }
     struct inbox_msg r;
     memset(&r, 0, sizeof r);
     r.body.code_u64_resp.count = (uint32_t)res->seen_count;

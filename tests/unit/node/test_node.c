@@ -54,6 +54,7 @@ struct outcome {
     struct store_target_result targets[16];
     size_t seen_count;
     uint64_t seen[16];
+    int seen_rc[16];
     struct store_inbox_info info;
 };
 
@@ -99,8 +100,10 @@ static void copy_result(struct outcome *o, const struct node_result *r)
     for (uint32_t i = 0; i < r->targets_count && i < 16; i++)
         o->targets[i] = r->targets[i];
     o->seen_count = r->seen_count;
-    for (size_t i = 0; i < r->seen_count && i < 16; i++)
+    for (size_t i = 0; i < r->seen_count && i < 16; i++) {
         o->seen[i] = r->seen_ms[i];
+        o->seen_rc[i] = r->seen_rc ? r->seen_rc[i] : 0;
+    }
     o->info = r->info;
 }
 
@@ -1393,6 +1396,15 @@ static void test_three_nodes_replicate_and_fail_over(void **state)
     assert_int_equal(o->leader, l1);
     o = fetch(cl->f[other], inbox, 0);
     assert_int_equal(o->rc, INBOX_ENOT_LEADER);
+    /* So does SEEN_GET, per inbox: a failed read is never a value (a
+     * last-seen of 0 answered as success was found by jepsen/). */
+    struct node_inbox q = {key(inbox), (uint16_t)strlen(inbox)};
+    int src =
+        node_seen_get(cl->f[other]->n, &q, 1, 0, waiter_done, &cl->f[other]->w);
+    o = waiter_wait(&cl->f[other]->w, src);
+    assert_int_equal(o->rc, INBOX_ENOT_LEADER);
+    assert_int_equal(o->seen_count, 1);
+    assert_int_equal(o->seen_rc[0], INBOX_ENOT_LEADER);
 
     enqueue_n(cl->f[l1], inbox, 1, 20);
     struct node_shard_status st;
@@ -1453,6 +1465,17 @@ static void test_isolated_leader_cannot_commit(void **state)
     assert_true(l2 != 0 && l2 != l1);
     maj = cl->f[l2];
     enqueue_n(maj, inbox, 4, 6);
+    /* Check-quorum: cut off from a quorum, the old leader steps down by
+     * itself within an election timeout or two (it cannot know of l2). */
+    bool stepped_down = false;
+    for (int tries = 0; tries < 500 && !stepped_down; tries++) {
+        struct node_shard_status st;
+        assert_int_equal(node_status(cl->f[l1]->n, shard, &st), 0);
+        stepped_down = st.role != 3;
+        if (!stepped_down)
+            sleep_ms(10);
+    }
+    assert_true(stepped_down);
     /* Heal: the old leader learns the new term; its write is dropped, not
      * acknowledged, and it never shows up. */
     cl_isolate(cl, l1, false);
