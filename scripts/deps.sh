@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       liblmdb-dev lmdb-utils libuv1-dev libssl-dev libxxhash-dev
-      libcmocka-dev libinih-dev openssl python3 curl)
+      libcmocka-dev libinih-dev openssl python3 curl iproute2)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # test.sh — install what is missing, build, and run every test: the release
 # build, then the sanitizer build (ASan + UBSan), each under CTest, then
-# every libFuzzer target for a bounded time (INBOX_FUZZ_SECONDS, default 30).
+# every libFuzzer target for a bounded time (INBOX_FUZZ_SECONDS, default 30),
+# then a short jepsen/ run (a real three-node cluster in network namespaces
+# under kill, pause and partitions; any anomaly fails; needs root, skipped
+# with a message otherwise).
 # Usage: scripts/test.sh [--quick]   (--quick: release build and tests only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +30,11 @@ if [ $quick -eq 0 ]; then
     run_build build/asan -DCMAKE_BUILD_TYPE=Debug -DINBOX_ASAN=ON
   echo "== fuzzers (libFuzzer, bounded time) =="
   scripts/fuzz.sh "${INBOX_FUZZ_SECONDS:-30}"
+  echo "== jepsen/ short run (faults on a real cluster) =="
+  if [ "$(id -u)" -eq 0 ]; then
+    python3 jepsen/run.py --short --bin build/release
+  else
+    echo "jepsen: skipped (network namespaces need root)"
+  fi
 fi
 echo "all tests passed"
