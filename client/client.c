@@ -448,6 +448,33 @@ static int route_apply(struct inbox_client *c, const struct inbox_route_resp *r)
     return 0;
 }
 
+/* Which node to ask for the map: 0 (any) until the map names two or more
+ * nodes; then the next one in turn that is not route_avoid, preferring
+ * one we hold a ready connection to. */
+static uint64_t route_target(struct inbox_client *c)
+{
+    if (!c->map_known || c->nodes_count < 2)
+        return 0;
+    uint64_t fallback = 0;
+    for (size_t k = 0; k < c->nodes_count; k++) {
+        const struct node *n = &c->nodes[(c->route_next + k) % c->nodes_count];
+        if (n->id == c->route_avoid || n->addrs_count == 0)
+            continue;
+        bool ready = false;
+        for (size_t i = 0; i < c->conns_count && !ready; i++)
+            ready = c->conns[i]->node_id == n->id &&
+                    c->conns[i]->state == CONN_READY;
+        if (ready) {
+            c->route_next += k + 1;
+            return n->id;
+        }
+        if (fallback == 0)
+            fallback = n->id;
+    }
+    c->route_next++;
+    return fallback;
+}
+
 /* Starts a ROUTE refresh unless one is in flight or backing off; in the
  * latter case it starts when the backoff ends (run_timers). */
 static void route_refresh(struct inbox_client *c, uint64_t now)
@@ -463,6 +490,7 @@ static void route_refresh(struct inbox_client *c, uint64_t now)
     call->u64a = c->epoch; /* to tell whether the answer is news */
     call->internal = true;
     call->route_kind = ROUTE_TO_NODE;
+    call->node_id = route_target(c);
     call->units = &call->unit0;
     call->units_count = call->units_left = call->units_pending = 1;
     call->deadline_ms = now + 2u * (uint64_t)c->connect_timeout_ms;
@@ -798,6 +826,9 @@ static void on_not_leader(struct inbox_client *c, struct wire *w,
         else if (c->map_known && e->shard < c->shard_count)
             c->leaders[e->shard] = e->leader.node_id;
     } else {
+        /* This node knows no leader: ask another one for the map. */
+        if (w->conn != NULL)
+            c->route_avoid = w->conn->node_id;
         route_refresh(c, now);
     }
     wire_release(c, w, INBOX_ENOT_LEADER, true);
@@ -935,8 +966,15 @@ static int on_response(struct inbox_client *c, struct conn *conn,
     struct unit *u = &call->units[0];
     assert(u->wire == w);
     int status = 0;
-    if (call->op == INBOX_OP_ROUTE)
+    if (call->op == INBOX_OP_ROUTE) {
         status = route_apply(c, &m->body.route_resp);
+        /* A node that knows no leader for some shard may be cut off from
+         * the rest: ask another one next time. */
+        bool gaps = false;
+        for (uint32_t i = 0; status == 0 && i < c->shard_count; i++)
+            gaps |= c->leaders[i] == 0;
+        c->route_avoid = gaps ? conn->node_id : 0;
+    }
     ops_single_result(call, u, m);
     unit_done(call, u, status);
     wire_unlink(c, w);

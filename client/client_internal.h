@@ -173,6 +173,12 @@ struct inbox_client {
     char (*seeds)[ADDR_CAP];
     size_t seeds_count;
     size_t any_next; /* round robin over seeds and nodes */
+    /* Map refreshes rotate over the map's nodes, skipping the node that
+     * last said it knows no leader (NOT_LEADER naming none, or a map with
+     * a shard unled): it may be cut off from the others, and its map would
+     * say so again. */
+    size_t route_next;
+    uint64_t route_avoid;
     uint32_t inflight_max, connect_timeout_ms, stall_timeout_ms;
     uint32_t backoff_min_ms, backoff_max_ms;
     inbox_client_notify_fn *notify;

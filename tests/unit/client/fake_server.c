@@ -183,9 +183,10 @@ static void reply_not_leader(struct fake *f, struct fake_conn *fc,
         (uint32_t)(XXH3_64bits(req->body.enqueue_req.inbox.ptr,
                                req->body.enqueue_req.inbox.len) %
                    FAKE_SHARDS);
-    r.body.error.leader.node_id = cl->node_ids[to];
-    r.body.error.leader.addrs_count = 1;
-    r.body.error.leader.addrs = &addr;
+    bool none = f->mode == FAKE_NO_LEADER;
+    r.body.error.leader.node_id = none ? 0 : cl->node_ids[to];
+    r.body.error.leader.addrs_count = none ? 0 : 1;
+    r.body.error.leader.addrs = none ? NULL : &addr;
     send_msg(f, fc, &r, SEND_NOW);
 }
 
@@ -205,7 +206,9 @@ static void on_route(struct fake *f, struct fake_conn *fc,
     }
     uint64_t leaders[FAKE_SHARDS];
     for (int i = 0; i < FAKE_SHARDS; i++)
-        leaders[i] = f->stale_route_once ? f->node_id : cl->leaders[i];
+        leaders[i] = f->mode == FAKE_NO_LEADER ? 0
+                     : f->stale_route_once     ? f->node_id
+                                               : cl->leaders[i];
     f->stale_route_once = false;
     f->routes++;
     struct inbox_msg r;
@@ -226,7 +229,7 @@ static void on_enqueue(struct fake *f, struct fake_conn *fc,
     if (f->enqueues < FAKE_RECORDS_MAX)
         memcpy(f->msg_ids[f->enqueues], e->msg_id, INBOX_MSG_ID_BYTES);
     f->enqueues++;
-    if (f->mode == FAKE_NOT_LEADER) {
+    if (f->mode == FAKE_NOT_LEADER || f->mode == FAKE_NO_LEADER) {
         reply_not_leader(f, fc, req);
         return;
     }

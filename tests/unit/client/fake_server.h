@@ -42,6 +42,8 @@ enum fake_mode {
     FAKE_BUSY_FIRST,    /* first ENQUEUE: record it, answer ERROR BUSY */
     FAKE_GARBAGE_FIRST, /* first ENQUEUE: answer bytes that are no frame */
     FAKE_SILENT_FIRST,  /* first connection: after ROUTE, never answer */
+    FAKE_NO_LEADER,     /* cut off: ROUTE names no leader, ENQUEUE is
+                           NOT_LEADER naming none */
 };
 
 struct fake_conn;

@@ -301,6 +301,29 @@ static void test_not_leader_redirect(void **state)
     inbox_client_free(c);
 }
 
+/* A node cut off from the others (it knows no leader, its map says so)
+ * must not be the only one the client asks: with the seed in that state,
+ * the client learns the map from the other node and gets its write in. */
+static void test_cut_off_node_not_asked_again(void **state)
+{
+    (void)state;
+    for (int s = 0; s < FAKE_SHARDS; s++)
+        cluster.leaders[s] = 2;
+    fake_lock(&fa);
+    fa.mode = FAKE_NO_LEADER;
+    fake_unlock(&fa);
+    struct inbox_client *c = client_make(fa.addr, 0);
+    uint64_t seq = 0;
+    int rc =
+        inbox_enqueue(c, "alice", 5, NULL, 0, "hi", 2, &seq, NULL, NULL, 5000);
+    assert_int_equal(rc, 0);
+    assert_int_equal(seq, 101); /* node 2 answered */
+    struct fake_records rb;
+    fake_records_get(&fb, &rb);
+    assert_true(rb.routes >= 1); /* the map came from node 2 */
+    inbox_client_free(c);
+}
+
 /* ---- dropped connection: retry with the same msg id --------------------- */
 
 static void test_drop_retries_same_msg_id(void **state)
@@ -892,6 +915,8 @@ int main(void)
                                         teardown_two),
         cmocka_unit_test_setup_teardown(test_not_leader_redirect, setup_two,
                                         teardown_two),
+        cmocka_unit_test_setup_teardown(test_cut_off_node_not_asked_again,
+                                        setup_two, teardown_two),
         cmocka_unit_test_setup_teardown(test_drop_retries_same_msg_id,
                                         setup_two, teardown_two),
         cmocka_unit_test_setup_teardown(test_timeout_and_late_answer, setup_two,
