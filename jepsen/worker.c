@@ -51,21 +51,28 @@
 #define INBOX_NAME_BYTES 32u
 #define HOT_MAX 64u
 #define COLD_MAX 100000u
-#define UNKNOWN_MAX 256u          /* unknown enqueues a thread keeps retrying */
-#define FETCH_MESSAGES 256u       /* page size of a run fetch */
+#define UNKNOWN_MAX 256u    /* unknown enqueues a thread keeps retrying */
+#define FETCH_MESSAGES 256u /* page size of a run fetch */
 #define DRAIN_FETCH_MESSAGES 1024u
-#define DRAIN_ATTEMPTS_MAX 60u    /* per page; 0.5 s apart */
+#define DRAIN_ATTEMPTS_MAX 60u /* per page; 0.5 s apart */
 #define DRAIN_RETRY_NS 500000000ll
 #define PROCESS_GENERATION 100000
 #define LINE_BYTES_INITIAL 4096u
-#define HOT_PERCENT 80u           /* share of ops that go to a hot inbox */
-#define SEEN_JITTER_MS 3000u      /* seen_set values wander below "now" */
+#define HOT_PERCENT 80u      /* share of ops that go to a hot inbox */
+#define SEEN_JITTER_MS 3000u /* seen_set values wander below "now" */
 
 _Static_assert(FETCH_MESSAGES <= INBOX_FETCH_MESSAGES_MAX, "page fits");
 _Static_assert(DRAIN_FETCH_MESSAGES <= INBOX_FETCH_MESSAGES_MAX, "page fits");
 _Static_assert(THREADS_MAX * 1000 < PROCESS_GENERATION, "process ids");
 
-enum op_kind { OP_ENQUEUE, OP_FETCH, OP_ACK, OP_SEEN_SET, OP_SEEN_GET, OP_KINDS };
+enum op_kind {
+    OP_ENQUEUE,
+    OP_FETCH,
+    OP_ACK,
+    OP_SEEN_SET,
+    OP_SEEN_GET,
+    OP_KINDS
+};
 static const char *const op_names[OP_KINDS] = {"enqueue", "fetch", "ack",
                                                "seen_set", "seen_get"};
 
@@ -78,7 +85,7 @@ struct options {
     unsigned threads, worker, hot, cold;
     unsigned mix[OP_KINDS]; /* weights */
     uint32_t timeout_ms;
-    uint32_t think_ms;      /* random pause 0..think_ms between ops */
+    uint32_t think_ms; /* random pause 0..think_ms between ops */
     bool drain;
 };
 
@@ -86,7 +93,8 @@ static struct options opt;
 static FILE *out;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* ---- small helpers --------------------------------------------------------- */
+/* ---- small helpers ---------------------------------------------------------
+ */
 
 static int64_t now_ns(void)
 {
@@ -127,7 +135,8 @@ static void hex_of(const uint8_t *b, size_t n, char *hex)
     hex[2 * n] = '\0';
 }
 
-/* ---- one JSON line ---------------------------------------------------------- */
+/* ---- one JSON line ----------------------------------------------------------
+ */
 /*
  * A line is built in the thread's own growing buffer, then written whole
  * under out_lock, so lines of different threads never interleave.
@@ -140,7 +149,8 @@ struct line {
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
-static void line_add(struct line *l, const char *fmt, ...)
+static void
+line_add(struct line *l, const char *fmt, ...)
 {
     for (;;) {
         va_list ap;
@@ -166,8 +176,9 @@ static void line_start(struct line *l, int64_t p, const char *type,
                        enum op_kind f, const char *inbox)
 {
     l->len = 0;
-    line_add(l, "{\"t\":%" PRId64 ",\"p\":%" PRId64
-                ",\"type\":\"%s\",\"f\":\"%s\",\"inbox\":\"%s\"",
+    line_add(l,
+             "{\"t\":%" PRId64 ",\"p\":%" PRId64
+             ",\"type\":\"%s\",\"f\":\"%s\",\"inbox\":\"%s\"",
              now_ns(), p, type, op_names[f], inbox);
 }
 
@@ -208,7 +219,8 @@ static const char *write_outcome(int rc)
     }
 }
 
-/* ---- a worker thread ---------------------------------------------------------- */
+/* ---- a worker thread
+ * ---------------------------------------------------------- */
 
 struct unknown_enqueue {
     unsigned inbox;
@@ -240,7 +252,8 @@ static void inbox_name(unsigned i, char *name)
 
 static unsigned inbox_pick(struct thread_state *ts)
 {
-    if (opt.cold == 0 || (opt.hot > 0 && rnd_below(&ts->rnd, 100) < HOT_PERCENT))
+    if (opt.cold == 0 ||
+        (opt.hot > 0 && rnd_below(&ts->rnd, 100) < HOT_PERCENT))
         return (unsigned)rnd_below(&ts->rnd, opt.hot);
     return opt.hot + (unsigned)rnd_below(&ts->rnd, opt.cold);
 }
@@ -323,8 +336,9 @@ static void op_enqueue(struct thread_state *ts)
 static void fetch_value(struct line *l, uint64_t after, uint32_t max,
                         const struct inbox_client_fetch_result *r)
 {
-    line_add(l, ",\"value\":{\"after\":%" PRIu64 ",\"max\":%" PRIu32
-                ",\"acked\":%" PRIu64 ",\"last\":%" PRIu64 ",\"msgs\":[",
+    line_add(l,
+             ",\"value\":{\"after\":%" PRIu64 ",\"max\":%" PRIu32
+             ",\"acked\":%" PRIu64 ",\"last\":%" PRIu64 ",\"msgs\":[",
              after, max, r->acked_seq, r->last_seq);
     unsigned bad = 0;
     for (size_t i = 0; i < r->count; i++) {
@@ -345,8 +359,8 @@ static int fetch_recorded(struct thread_state *ts, const char *name,
                           struct inbox_client_fetch_result **res)
 {
     line_start(&ts->line, ts->p, "invoke", OP_FETCH, name);
-    line_add(&ts->line, ",\"value\":{\"after\":%" PRIu64 ",\"max\":%" PRIu32
-                        "}%s%s%s",
+    line_add(&ts->line,
+             ",\"value\":{\"after\":%" PRIu64 ",\"max\":%" PRIu32 "}%s%s%s",
              after, max, phase ? ",\"phase\":\"" : "", phase ? phase : "",
              phase ? "\"" : "");
     line_emit(&ts->line);
@@ -523,12 +537,23 @@ static void *thread_main(void *arg)
     int64_t end = now_ns() + (int64_t)(opt.seconds * 1e9);
     while (now_ns() < end) {
         switch (op_pick(ts)) {
-        case OP_ENQUEUE: op_enqueue(ts); break;
-        case OP_FETCH: op_fetch(ts); break;
-        case OP_ACK: op_ack(ts); break;
-        case OP_SEEN_SET: op_seen_set(ts); break;
-        case OP_SEEN_GET: op_seen_get(ts); break;
-        case OP_KINDS: break;
+        case OP_ENQUEUE:
+            op_enqueue(ts);
+            break;
+        case OP_FETCH:
+            op_fetch(ts);
+            break;
+        case OP_ACK:
+            op_ack(ts);
+            break;
+        case OP_SEEN_SET:
+            op_seen_set(ts);
+            break;
+        case OP_SEEN_GET:
+            op_seen_get(ts);
+            break;
+        case OP_KINDS:
+            break;
         }
         ts->ops++;
         if (opt.think_ms > 0)
@@ -537,7 +562,8 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
-/* ---- command line ----------------------------------------------------------- */
+/* ---- command line -----------------------------------------------------------
+ */
 
 static void usage(void)
 {
@@ -562,8 +588,13 @@ static bool parse_u(const char *s, unsigned long long max,
 
 static int parse_args(int argc, char **argv)
 {
-    opt = (struct options){.seconds = 30, .seed = 1, .threads = 4, .hot = 3,
-                           .cold = 100, .timeout_ms = 2000, .think_ms = 2,
+    opt = (struct options){.seconds = 30,
+                           .seed = 1,
+                           .threads = 4,
+                           .hot = 3,
+                           .cold = 100,
+                           .timeout_ms = 2000,
+                           .think_ms = 2,
                            .mix = {40, 30, 10, 10, 10}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -578,21 +609,36 @@ static int parse_args(int argc, char **argv)
         i++;
         if (strcmp(a, "--seed-addr") == 0 && opt.seeds_count < SEEDS_MAX)
             opt.seeds[opt.seeds_count++] = v;
-        else if (strcmp(a, "--ca") == 0) opt.ca = v;
-        else if (strcmp(a, "--cert") == 0) opt.cert = v;
-        else if (strcmp(a, "--key") == 0) opt.key = v;
-        else if (strcmp(a, "--out") == 0) opt.out = v;
-        else if (strcmp(a, "--seconds") == 0) opt.seconds = atof(v);
-        else if (strcmp(a, "--seed") == 0 && parse_u(v, UINT64_MAX, &n)) opt.seed = n;
-        else if (strcmp(a, "--threads") == 0 && parse_u(v, THREADS_MAX, &n) && n > 0) opt.threads = (unsigned)n;
-        else if (strcmp(a, "--worker") == 0 && parse_u(v, 999, &n)) opt.worker = (unsigned)n;
-        else if (strcmp(a, "--hot") == 0 && parse_u(v, HOT_MAX, &n)) opt.hot = (unsigned)n;
-        else if (strcmp(a, "--cold") == 0 && parse_u(v, COLD_MAX, &n)) opt.cold = (unsigned)n;
-        else if (strcmp(a, "--timeout-ms") == 0 && parse_u(v, INBOX_CLIENT_TIMEOUT_MS_MAX, &n) && n > 0) opt.timeout_ms = (uint32_t)n;
-        else if (strcmp(a, "--think-ms") == 0 && parse_u(v, 10000, &n)) opt.think_ms = (uint32_t)n;
+        else if (strcmp(a, "--ca") == 0)
+            opt.ca = v;
+        else if (strcmp(a, "--cert") == 0)
+            opt.cert = v;
+        else if (strcmp(a, "--key") == 0)
+            opt.key = v;
+        else if (strcmp(a, "--out") == 0)
+            opt.out = v;
+        else if (strcmp(a, "--seconds") == 0)
+            opt.seconds = atof(v);
+        else if (strcmp(a, "--seed") == 0 && parse_u(v, UINT64_MAX, &n))
+            opt.seed = n;
+        else if (strcmp(a, "--threads") == 0 && parse_u(v, THREADS_MAX, &n) &&
+                 n > 0)
+            opt.threads = (unsigned)n;
+        else if (strcmp(a, "--worker") == 0 && parse_u(v, 999, &n))
+            opt.worker = (unsigned)n;
+        else if (strcmp(a, "--hot") == 0 && parse_u(v, HOT_MAX, &n))
+            opt.hot = (unsigned)n;
+        else if (strcmp(a, "--cold") == 0 && parse_u(v, COLD_MAX, &n))
+            opt.cold = (unsigned)n;
+        else if (strcmp(a, "--timeout-ms") == 0 &&
+                 parse_u(v, INBOX_CLIENT_TIMEOUT_MS_MAX, &n) && n > 0)
+            opt.timeout_ms = (uint32_t)n;
+        else if (strcmp(a, "--think-ms") == 0 && parse_u(v, 10000, &n))
+            opt.think_ms = (uint32_t)n;
         else if (strcmp(a, "--mix") == 0) {
             unsigned w[OP_KINDS];
-            if (sscanf(v, "%u,%u,%u,%u,%u", &w[0], &w[1], &w[2], &w[3], &w[4]) != 5)
+            if (sscanf(v, "%u,%u,%u,%u,%u", &w[0], &w[1], &w[2], &w[3],
+                       &w[4]) != 5)
                 return -1;
             unsigned total = 0;
             for (int k = 0; k < OP_KINDS; k++)
