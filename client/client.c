@@ -1334,9 +1334,23 @@ static enum pick pick_unit(struct inbox_client *c, struct call *call,
         u->shard = inbox_shard_of(u->key, u->key_len, c->shard_count);
     if (u->shard >= c->shard_count)
         return PICK_RANGE;
-    if (c->leaders[u->shard] == 0)
-        return PICK_ROUTE;
-    return pick_node(c, c->leaders[u->shard], now, wait_ms, out);
+    bool stale_ok =
+        (call->op == INBOX_OP_FETCH || call->op == INBOX_OP_SEEN_GET) &&
+        (call->flags & INBOX_CLIENT_STALE_OK) != 0;
+    enum pick r = c->leaders[u->shard] == 0
+                      ? PICK_ROUTE
+                      : pick_node(c, c->leaders[u->shard], now, wait_ms, out);
+    if (r == PICK_OK || !stale_ok)
+        return r;
+    /* A read that may be stale need not wait for a leader: while the
+     * leader is unknown or unreachable, any node we are connected to
+     * answers from its own state (and says it is stale). */
+    for (size_t i = 0; i < c->conns_count; i++)
+        if (c->conns[i]->state == CONN_READY) {
+            *out = c->conns[i];
+            return PICK_OK;
+        }
+    return r;
 }
 
 static bool op_multi(uint8_t op)

@@ -324,6 +324,28 @@ static void test_cut_off_node_not_asked_again(void **state)
     inbox_client_free(c);
 }
 
+/* A STALE_OK read does not wait for a leader: with none known, a node the
+ * client is connected to answers; without the flag the read waits (and
+ * here times out). */
+static void test_stale_read_without_leader(void **state)
+{
+    (void)state;
+    for (int s = 0; s < FAKE_SHARDS; s++)
+        cluster.leaders[s] = 0; /* an election everywhere */
+    struct inbox_client *c = client_make(fa.addr, 0);
+    struct inbox_client_fetch_result *fr = NULL;
+    int rc = inbox_fetch(c, "alice", 5, 0, 10, 0, 0, INBOX_CLIENT_STALE_OK, &fr,
+                         3000);
+    assert_int_equal(rc, 0);
+    assert_non_null(fr);
+    inbox_fetch_result_free(fr);
+    fr = NULL;
+    rc = inbox_fetch(c, "alice", 5, 0, 10, 0, 0, 0, &fr, 500);
+    assert_int_equal(rc, INBOX_ETIMEOUT);
+    assert_null(fr);
+    inbox_client_free(c);
+}
+
 /* ---- dropped connection: retry with the same msg id --------------------- */
 
 static void test_drop_retries_same_msg_id(void **state)
@@ -916,6 +938,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_leader_redirect, setup_two,
                                         teardown_two),
         cmocka_unit_test_setup_teardown(test_cut_off_node_not_asked_again,
+                                        setup_two, teardown_two),
+        cmocka_unit_test_setup_teardown(test_stale_read_without_leader,
                                         setup_two, teardown_two),
         cmocka_unit_test_setup_teardown(test_drop_retries_same_msg_id,
                                         setup_two, teardown_two),
