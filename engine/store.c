@@ -867,8 +867,13 @@ static int apply_entry(struct store *s, const struct store_entry *e, void *arg,
     if (rc != 0)
         return rc;
     struct shard_meta *sm = &slot->m;
+#ifndef INBOX_PLANT_DOUBLE_APPLY_AFTER_RESTART
     if (e->index <= sm->applied_index)
         return 0; /* replay of an entry already applied */
+#else
+    /* PLANTED BUG (jepsen/README.md): no replay guard; an entry applied
+     * before a restart is applied again when raft hands it back. */
+#endif
 
     struct store_result r = {e->shard, e->index, 0, NULL, 0, s->results};
     if (e->len > 0) {

@@ -674,6 +674,15 @@ static void shard_dispatch(struct node *n, struct shard *s, struct part *p)
             read_after_failure(n, s, p);
         return;
     }
+#ifdef INBOX_PLANT_FOLLOWER_READS_AS_LEADER
+    /* PLANTED BUG (jepsen/README.md): a follower serves every read from
+     * its own applied state, STALE_OK or not, and answers it as a
+     * linearizable read (res->stale stays false). */
+    if (!write && raft_role(s->r) != RAFT_LEADER) {
+        serve_read(n, s, p);
+        return;
+    }
+#endif
     if (s->in_ready && !(p->req->stale_ok && !write)) {
         pq_push(&s->incoming, p);
         return;
@@ -1128,6 +1137,20 @@ static void finish_ready(struct node *n, struct shard *s)
     assert(s->in_ready);
     assert(check_shard(s));
     send_msgs(n, rd->msgs_after, rd->msgs_after_count);
+#ifdef INBOX_PLANT_ACK_BEFORE_FSYNC
+    /* PLANTED BUG (jepsen/README.md): a leader applies its new entries and
+     * answers their writes once they are durable here, before a quorum has
+     * them (the later commit finds them applied: the store skips them). A
+     * leader cut off or killed before its followers ack loses them. */
+    if (raft_role(s->r) == RAFT_LEADER && rd->entries_count > 0) {
+        struct raft_ready early = {.committed = rd->entries,
+                                   .committed_count = rd->entries_count};
+        if (apply_committed(n, s, &early) != 0) {
+            node_fail(n, "store_apply (planted)", INBOX_EINTERNAL);
+            return;
+        }
+    }
+#endif
     int rc = apply_committed(n, s, rd);
     if (rc != 0) {
         node_fail(n, "store_apply", rc);
@@ -2064,6 +2087,13 @@ static int shard_start(struct node *n, struct shard *s)
     if (ro.snapshot_chunk_bytes > INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX)
         ro.snapshot_chunk_bytes = INBOX_RAFT_SNAPSHOT_CHUNK_BYTES_MAX;
     ro.applied = info.applied_index;
+#ifdef INBOX_PLANT_DOUBLE_APPLY_AFTER_RESTART
+    /* PLANTED BUG (jepsen/README.md): raft restarts from applied 0 (raft
+     * raises it to the WAL's release point), so every committed entry the
+     * WAL still holds is applied again; store.c's replay guard is planted
+     * out too. */
+    ro.applied = 0;
+#endif
     raft_log_storage(&s->log, &ro.storage);
     ro.allocator.alloc = raft_alloc;
     ro.allocator.free = raft_free;
@@ -2082,6 +2112,9 @@ static int shard_start(struct node *n, struct shard *s)
     uint64_t first = 1, last = 0;
     (void)wal_range(n->wal, s->id, &first, &last);
     s->released = first - 1u;
+#ifdef INBOX_PLANT_DOUBLE_APPLY_AFTER_RESTART
+    s->applied = s->released; /* where the planted raft restarts */
+#endif
     /* One voter, and it is us: no election to wait for. */
     if (single_self_voter(n, raft_membership(s->r)))
         (void)raft_campaign(s->r);
@@ -2106,6 +2139,11 @@ static int node_startup(struct node *n)
         so.pending_bytes_max = n->o.inbox_pending_bytes_max;
     if (n->o.dedup_window_ms)
         so.dedup_window_ms = n->o.dedup_window_ms;
+#ifdef INBOX_PLANT_DEDUP_WINDOW_ZERO
+    /* PLANTED BUG (jepsen/README.md): no msg-id dedup window, so a retried
+     * enqueue whose first try took effect is applied again. */
+    so.dedup_window_ms = 0;
+#endif
     int rc = store_open(&so, &n->store);
     if (rc != 0) {
         (void)fmt(n->errmsg, sizeof(n->errmsg), "%s: cannot open store: %s",
