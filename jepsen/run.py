@@ -44,6 +44,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,7 +58,8 @@ NET = "10.77.0"
 ROOT_IP = NET + ".254"
 PORT = 7420
 HOT_INBOX = "hot-0"
-FAULT_KINDS = ("kill", "pause", "isolate", "bridge", "oneway")
+FAULT_KINDS = ("kill", "pause", "isolate", "bridge", "oneway", "transfer")
+SHARDS = 8  # --cluster-shard-count of the nodes
 # Pids of the workers (root namespace) of the current run, so a run that
 # was SIGKILLed can have its workers ended by the next one; and a lock so
 # two runs never share (and tear down) the same namespaces.
@@ -225,7 +227,7 @@ class Cluster:
                "--node-id", str(i), "--node-listen", addr_of(i),
                "--node-metrics", "%s:%d" % (ip_of(i), PORT + 1),
                "--node-data-dir", data, "--cluster-members", members,
-               "--cluster-shard-count", "8",
+               "--cluster-shard-count", str(SHARDS),
                "--raft-tick", "50ms",
                "--store-checkpoint-interval", "1s",
                "--wal-segment-bytes", "8MiB",
@@ -319,6 +321,7 @@ class Nemesis:
         self.rng = rng
         self.cuts = Cuts()
         self.down = set()
+        self.storm = None
         self.faults = []
         self.faults_path = faults_path
 
@@ -356,6 +359,29 @@ class Nemesis:
                 self.cuts.cut(n, m)
             rec["shape"] = ("%d cannot send to its peers; it still hears them"
                             % n)
+        elif kind == "transfer":
+            # A leadership-transfer storm: every 0.2 s a random shard's
+            # leader is asked to hand over to another voter (inboxctl
+            # cluster transfer-leader), for the fault's whole window.
+            stop = threading.Event()
+            rng = random.Random(self.rng.random())
+            done = [0, 0]  # transfers seen through, asked
+
+            def storm():
+                while not stop.is_set():
+                    r = self.c.ctl(["cluster", "transfer-leader",
+                                    str(rng.randrange(SHARDS)), "--wait",
+                                    "1"], timeout_ms=1500)
+                    done[1] += 1
+                    done[0] += r.returncode == 0
+                    stop.wait(0.2)
+
+            t = threading.Thread(target=storm, daemon=True)
+            t.start()
+            self.storm = (stop, t, done)
+            rec["node"] = 0
+            rec["why"] = "every shard"
+            rec["shape"] = "leadership of a random shard moved every 0.2 s"
         else:
             raise HarnessError("unknown fault " + kind)
         log("fault %s" % json.dumps(rec))
@@ -368,6 +394,13 @@ class Nemesis:
             self.down.discard(rec["node"])
         elif kind == "pause":
             self.c.resume(rec["node"])
+        elif kind == "transfer":
+            stop, t, done = self.storm
+            stop.set()
+            t.join(timeout=10)
+            self.storm = None
+            rec["shape"] += "; %d of %d transfers seen through" % (done[0],
+                                                                  done[1])
         else:
             self.cuts.heal()
         rec["end"] = time.monotonic_ns()
@@ -377,6 +410,10 @@ class Nemesis:
         log("healed %s on node %s" % (kind, rec.get("node")))
 
     def heal_all(self):
+        if self.storm is not None:
+            self.storm[0].set()
+            self.storm[1].join(timeout=10)
+            self.storm = None
         self.cuts.heal()
         for i in NODES:
             self.c.resume(i)
