@@ -1202,6 +1202,19 @@ static void route_done(void *arg, int status, uint64_t epoch,
     w->nodes_count = nodes_count;
 }
 
+/* ROUTE, answered by node_id (0: any), waited for; the map is in the
+ * client afterwards. 0 or the error. */
+static int session_route(struct session *s, uint64_t node_id,
+                         uint32_t timeout_ms, struct wait_one *w)
+{
+    memset(w, 0, sizeof *w);
+    int rc = inbox_client_submit_route_at(s->client, node_id, timeout_ms, w,
+                                          route_done);
+    if (rc == 0)
+        rc = session_wait(s, &w->done);
+    return rc != 0 ? rc : w->status;
+}
+
 /* The result of a multi-inbox call: one item per inbox, copied out. */
 struct wait_keys {
     bool done;
@@ -2321,11 +2334,7 @@ static int cmd_cluster_status(int argc, char **argv)
         return report(c, &g, EXIT_FAILED, "NOMEM", "out of memory", NULL);
     int rc = session_open(&s, c, &g, NULL, NULL);
     if (rc == 0)
-        rc = inbox_client_submit_route(s.client, g.timeout_ms, &rw, route_done);
-    if (rc == 0)
-        rc = session_wait(&s, &rw.done);
-    if (rc == 0)
-        rc = rw.status;
+        rc = session_route(&s, 0, g.timeout_ms, &rw);
     uint64_t ids[CLUSTER_NODES_MAX];
     if (rc == 0) {
         size_t n = inbox_client_nodes(s.client, ids, CLUSTER_NODES_MAX);
@@ -2471,6 +2480,27 @@ static double elapsed_s(uint64_t t0)
     return (double)(mono_ms() - t0) / 1000.0;
 }
 
+/* One membership request and its check take at most this long. */
+static uint32_t member_step_ms(const struct global *g)
+{
+    return g->timeout_ms < MEMBER_STEP_TIMEOUT_MS ? g->timeout_ms
+                                                  : MEMBER_STEP_TIMEOUT_MS;
+}
+
+/* Between rounds: true to stop (no waiting asked, or the wait is over:
+ * *rc = INBOX_ETIMEOUT); else a pause before the next round. */
+static bool member_give_up(uint64_t t0, uint64_t wait_s, int *rc)
+{
+    if (wait_s == 0)
+        return true;
+    if (elapsed_s(t0) >= (double)wait_s) {
+        *rc = INBOX_ETIMEOUT;
+        return true;
+    }
+    usleep(500 * 1000);
+    return false;
+}
+
 static int cmd_cluster_add_node(int argc, char **argv)
 {
     const struct command *c = find_command("cluster", "add-node");
@@ -2490,9 +2520,7 @@ static int cmd_cluster_add_node(int argc, char **argv)
     const char *addr = argv[optind + 1];
     if (strchr(addr, ':') == NULL || strlen(addr) > INBOX_NODE_ADDR_BYTES_MAX)
         return usage_error(c, "'%s' is not HOST:PORT", addr);
-    uint32_t step = g.timeout_ms < MEMBER_STEP_TIMEOUT_MS
-                        ? g.timeout_ms
-                        : MEMBER_STEP_TIMEOUT_MS;
+    uint32_t step = member_step_ms(&g);
     /* A second session reaches the new node by its address (it is in no
      * map yet) for its own view: which shards count it as what. */
     struct global ng = g;
@@ -2510,12 +2538,7 @@ static int cmd_cluster_add_node(int argc, char **argv)
     bool finished = false;
     struct roles_wait last = {0};
     while (rc == 0 && !finished) {
-        memset(&rw, 0, sizeof rw);
-        rc = inbox_client_submit_route(s.client, step, &rw, route_done);
-        if (rc == 0)
-            rc = session_wait(&s, &rw.done);
-        if (rc == 0)
-            rc = rw.status;
+        rc = session_route(&s, 0, step, &rw);
         if (rc == 0)
             rc = member_round(&s, id, addr, true, step);
         if (rc == INBOX_EDENIED || rc == INBOX_EINVAL || rc == INBOX_EEXISTS)
@@ -2543,13 +2566,8 @@ static int cmd_cluster_add_node(int argc, char **argv)
                        elapsed_s(t0), id, addr, inbox_err_name(src));
             fflush(stdout);
         }
-        if (finished || a.wait_s == 0)
+        if (finished || member_give_up(t0, a.wait_s, &rc))
             break;
-        if (elapsed_s(t0) >= (double)a.wait_s) {
-            rc = INBOX_ETIMEOUT;
-            break;
-        }
-        usleep(500 * 1000);
     }
     if (g.json && (rc == 0 || rc == INBOX_ETIMEOUT))
         printf("{\"node_id\":%" PRIu64 ",\"addr\":\"%s\",\"voter\":%zu,"
@@ -2584,9 +2602,7 @@ static int cmd_cluster_remove_node(int argc, char **argv)
     uint64_t id = 0;
     if ((code = want_u64(c, "ID", argv[optind], 1, UINT32_MAX, &id)) >= 0)
         return code;
-    uint32_t step = g.timeout_ms < MEMBER_STEP_TIMEOUT_MS
-                        ? g.timeout_ms
-                        : MEMBER_STEP_TIMEOUT_MS;
+    uint32_t step = member_step_ms(&g);
     struct session s;
     int rc = session_open(&s, c, &g, NULL, NULL);
     uint64_t t0 = mono_ms();
@@ -2594,12 +2610,7 @@ static int cmd_cluster_remove_node(int argc, char **argv)
     size_t still = 0;
     while (rc == 0 && !finished) {
         struct wait_one rw;
-        memset(&rw, 0, sizeof rw);
-        rc = inbox_client_submit_route(s.client, step, &rw, route_done);
-        if (rc == 0)
-            rc = session_wait(&s, &rw.done);
-        if (rc == 0)
-            rc = rw.status;
+        rc = session_route(&s, 0, step, &rw);
         uint64_t ids[CLUSTER_NODES_MAX];
         size_t n = 0;
         if (rc == 0) {
@@ -2617,12 +2628,7 @@ static int cmd_cluster_remove_node(int argc, char **argv)
         for (size_t k = 0; k < n; k++) {
             if (ids[k] == id)
                 continue;
-            memset(&rw, 0, sizeof rw);
-            int src = inbox_client_submit_route_at(s.client, ids[k], step, &rw,
-                                                   route_done);
-            if (src == 0)
-                src = session_wait(&s, &rw.done);
-            if (src != 0 || rw.status != 0)
+            if (session_route(&s, ids[k], step, &rw) != 0)
                 continue;
             asked++;
             uint64_t seen[CLUSTER_NODES_MAX];
@@ -2637,13 +2643,8 @@ static int cmd_cluster_remove_node(int argc, char **argv)
                    elapsed_s(t0), id, still, asked);
             fflush(stdout);
         }
-        if (finished || a.wait_s == 0)
+        if (finished || member_give_up(t0, a.wait_s, &rc))
             break;
-        if (elapsed_s(t0) >= (double)a.wait_s) {
-            rc = INBOX_ETIMEOUT;
-            break;
-        }
-        usleep(500 * 1000);
     }
     if (g.json && (rc == 0 || rc == INBOX_ETIMEOUT))
         printf("{\"node_id\":%" PRIu64 ",\"done\":%s}\n", id,
@@ -2682,11 +2683,7 @@ static int cmd_cluster_transfer_leader(int argc, char **argv)
     memset(&w, 0, sizeof w);
     int rc = session_open(&s, c, &g, NULL, NULL);
     if (rc == 0)
-        rc = inbox_client_submit_route(s.client, g.timeout_ms, &w, route_done);
-    if (rc == 0)
-        rc = session_wait(&s, &w.done);
-    if (rc == 0)
-        rc = w.status;
+        rc = session_route(&s, 0, g.timeout_ms, &w);
     if (rc == 0 && shard >= inbox_client_shard_count(s.client))
         return session_end(&s, INBOX_ERANGE, "the cluster has fewer shards");
     uint64_t before =
@@ -2702,12 +2699,7 @@ static int cmd_cluster_transfer_leader(int argc, char **argv)
         rc = w.status;
     uint64_t t0 = mono_ms(), now_leader = before;
     while (rc == 0) {
-        memset(&w, 0, sizeof w);
-        rc = inbox_client_submit_route(s.client, g.timeout_ms, &w, route_done);
-        if (rc == 0)
-            rc = session_wait(&s, &w.done);
-        if (rc == 0)
-            rc = w.status;
+        rc = session_route(&s, 0, g.timeout_ms, &w);
         now_leader = inbox_client_shard_leader(s.client, (uint32_t)shard);
         if (rc == 0 && now_leader != 0 && now_leader != before &&
             (a.to == 0 || now_leader == a.to))
@@ -2807,11 +2799,7 @@ static int cmd_route(int argc, char **argv)
     memset(&w, 0, sizeof w);
     int rc = session_open(&s, c, &g, NULL, NULL);
     if (rc == 0)
-        rc = inbox_client_submit_route(s.client, g.timeout_ms, &w, route_done);
-    if (rc == 0)
-        rc = session_wait(&s, &w.done);
-    if (rc == 0)
-        rc = w.status;
+        rc = session_route(&s, 0, g.timeout_ms, &w);
     if (rc == 0)
         route_print(&g, &w, s.client, argv + optind, (size_t)(argc - optind));
     return session_end(&s, rc, NULL);
