@@ -292,7 +292,7 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
     SSL *ssl =
         X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
     struct tls_conn *c = SSL_get_app_data(ssl);
-    assert(c != NULL);
+    assert(c != NULL); /* tls_conn_new refuses to go on without it */
     X509 *cert = X509_STORE_CTX_get_current_cert(xs);
     int depth = X509_STORE_CTX_get_error_depth(xs);
     if (!ok) {
@@ -608,7 +608,10 @@ int tls_conn_new(struct tls_ctx *ctx, const char *peer_host,
     }
     BIO_set_mem_eof_return(c->in, -1);  /* empty means "retry", not EOF */
     SSL_set_bio(c->ssl, c->in, c->out); /* ssl owns both from here */
-    SSL_set_app_data(c->ssl, c);
+    /* ex_data storage is allocated on first use: this can fail, and then
+     * verify_cb would find no connection. */
+    if (SSL_set_app_data(c->ssl, c) != 1)
+        goto err_after_ssl;
     if (peer_host != NULL) {
         X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
         int ok = X509_VERIFY_PARAM_set1_ip_asc(param, peer_host);

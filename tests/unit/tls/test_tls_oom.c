@@ -115,6 +115,10 @@ static int hop(struct tls_conn *from, struct tls_conn *to, size_t *rx)
     return rc;
 }
 
+/* Allocation numbers (alloc_count) at which session() starts and ends
+ * making its two connections, as of the last session. */
+static uint64_t conns_from, conns_to;
+
 /* Returns 0 when the whole session succeeded. */
 static int session(void)
 {
@@ -125,10 +129,12 @@ static int session(void)
     int rc = ctx_open(TLS_SIDE_SERVER, "n1", &sctx);
     if (rc == 0)
         rc = ctx_open(TLS_SIDE_CLIENT, "fe1", &cctx);
+    conns_from = alloc_count;
     if (rc == 0)
         rc = tls_conn_new(sctx, NULL, &srv);
     if (rc == 0)
         rc = tls_conn_new(cctx, "127.0.0.1", &cli);
+    conns_to = alloc_count;
     for (int round = 0; rc == 0 && round < 8; round++) {
         size_t took = 0;
         if (tls_conn_handshake_done(cli))
@@ -168,9 +174,24 @@ static void test_every_allocation_failure(void **state)
     alloc_count = 0;
     assert_int_equal(session(), 0);
     uint64_t total = alloc_count;
-    printf("one session makes %llu OpenSSL allocations\n",
-           (unsigned long long)total);
-    assert_true(total > 0);
+    uint64_t from = conns_from, to = conns_to;
+    printf("one session makes %llu OpenSSL allocations, %llu of them in "
+           "tls_conn_new\n",
+           (unsigned long long)total, (unsigned long long)(to - from));
+    assert_true(total > 0 && from < to && to <= total);
+
+    /* Every allocation of tls_conn_new fails once, whatever the seed: a
+     * failed SSL_set_app_data (its ex_data store) used to leave a
+     * connection whose verify callback found no connection and crashed
+     * (found by seed 116545733398749). */
+    for (uint64_t at = from; at < to; at++) {
+        alloc_failed = 0;
+        alloc_countdown = (int64_t)at;
+        int rc = session();
+        alloc_countdown = -1;
+        if (alloc_failed == 0)
+            assert_int_equal(rc, 0);
+    }
 
     /* Fail each of the first allocations in turn, then a sample of the
      * rest, every k-th with a seeded offset, to keep the test quick:
