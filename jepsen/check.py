@@ -418,7 +418,9 @@ def plot(rundir, tl, faults, t_base):
             f.write(" ".join("%.3f" % x for x in row) + "\n")
     shades = []
     colors = {"kill": "#ffb0b0", "pause": "#b0c8ff", "isolate": "#ffe0a0",
-              "bridge": "#d0ffb0", "oneway": "#e0b0ff"}
+              "bridge": "#d0ffb0", "oneway": "#e0b0ff", "halves": "#ffd0a0",
+              "transfer": "#c0f0f0", "truncate": "#ff9090",
+              "bitflip": "#ff90c0", "skew": "#f0f090", "member": "#b0b0b0"}
     for i, fl in enumerate(faults):
         a, b = (fl["start"] - t_base) / 1e9, (fl["end"] - t_base) / 1e9
         shades.append("set object %d rect from %.3f, graph 0 to %.3f, graph 1 "

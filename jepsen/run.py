@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""run.py — a Jepsen-style run of a real three-node inboxd cluster.
+"""run.py — a Jepsen-style run of a real three- or five-node inboxd cluster.
 
-Builds a small network out of Linux network namespaces (jn1..jn3, one veth
-each into the bridge jbr0 in the root namespace: nodes at 10.77.0.1..3, the
+Builds a small network out of Linux network namespaces (jn1..jnN, one veth
+each into the bridge jbr0 in the root namespace: nodes at 10.77.0.1..N, the
 root namespace at 10.77.0.254), starts inboxd in each namespace, starts K
 jepsen_worker processes in the root namespace, and while they run applies a
 schedule of faults (the nemesis):
@@ -14,6 +14,13 @@ schedule of faults (the nemesis):
   bridge     cut the two other nodes from each other; the bridge node still
              sees both halves
   oneway     one node cannot send to its peers (they can still send to it)
+  halves     majority / minority halves, the target in the minority
+  transfer   a leadership-transfer storm (inboxctl cluster transfer-leader)
+  truncate   kill -9 a node, cut bytes off the tail of its WAL, restart it
+  bitflip    kill -9 a node, flip bits in the tail of its WAL, restart it
+  skew       jump a node's wall clock by seconds (libfaketime)
+  member     remove a node from the cluster, wipe it, join it again, all
+             under load (inboxctl cluster remove-node / add-node)
 
 Partitions are made by the kernel, with iproute2 only: `ip route add
 blackhole PEER/32` inside a node's namespace drops everything that node
@@ -52,13 +59,19 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import check  # noqa: E402
 
-NODES = (1, 2, 3)
+NODES = (1, 2, 3)  # --nodes 3 or 5 (set by main)
+MAX_NODES = 5  # what a cleanup looks for, whatever --nodes was
 BRIDGE = "jbr0"
 NET = "10.77.0"
 ROOT_IP = NET + ".254"
 PORT = 7420
 HOT_INBOX = "hot-0"
-FAULT_KINDS = ("kill", "pause", "isolate", "bridge", "oneway", "transfer")
+FAULT_KINDS = ("kill", "pause", "isolate", "bridge", "oneway", "halves",
+               "transfer", "truncate", "bitflip", "skew", "member")
+DEFAULT_FAULTS = "kill,pause,isolate,bridge,oneway"
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1")
+WAL_SEG_HEADER_BYTES = 64  # engine/wal.c SEG_HEADER_BYTES
 SHARDS = 8  # --cluster-shard-count of the nodes
 # Pids of the workers (root namespace) of the current run, so a run that
 # was SIGKILLed can have its workers ended by the next one; and a lock so
@@ -135,7 +148,8 @@ def stale_cleanup():
 def net_teardown():
     """Removes our namespaces, links and the processes inside the
     namespaces (which only this harness puts there). Idempotent."""
-    for i in NODES:
+    every = range(1, MAX_NODES + 1)
+    for i in every:
         r = sh(["ip", "netns", "pids", ns(i)], check_rc=False)
         for pid in r.stdout.split():
             try:
@@ -143,7 +157,7 @@ def net_teardown():
                 os.kill(int(pid), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
-    for i in NODES:
+    for i in every:
         sh(["ip", "netns", "del", ns(i)], check_rc=False)
         sh(["ip", "link", "del", "jv%d" % i], check_rc=False)
     sh(["ip", "link", "del", BRIDGE], check_rc=False)
@@ -204,6 +218,22 @@ class Cluster:
         self.paused = set()
         self.logs = {}
         self.crashes = []
+        self.joined = set()  # nodes re-added by `member`: they start joining
+        self.faketime = None  # libfaketime's path when `skew` is on
+
+    def data_dir(self, i):
+        return os.path.join(self.tmp, "n%d" % i)
+
+    def clock_file(self, i):
+        return os.path.join(self.tmp, "n%d.faketime" % i)
+
+    def set_clock(self, i, offset_s):
+        """The wall-clock offset libfaketime gives node i (re-read by the
+        node within a second: FAKETIME_CACHE_DURATION)."""
+        tmpf = self.clock_file(i) + ".tmp"
+        with open(tmpf, "w") as f:
+            f.write("%+.3fs\n" % offset_s)
+        os.replace(tmpf, self.clock_file(i))
 
     def certs(self):
         os.makedirs(self.tls, exist_ok=True)
@@ -218,15 +248,35 @@ class Cluster:
             "--dir", self.tls])
 
     def start(self, i):
-        data = os.path.join(self.tmp, "n%d" % i)
+        data = self.data_dir(i)
         os.makedirs(data, exist_ok=True)
-        members = ",".join("%d@%s" % (j, addr_of(j)) for j in NODES)
+        # A node re-added by `member` joins: the members the cluster was
+        # created with, without itself (docs/node.md, "Joining").
+        members = ",".join("%d@%s" % (j, addr_of(j)) for j in NODES
+                           if j != i or i not in self.joined)
+        if i in self.logs:
+            self.logs[i].close()
         lf = open(os.path.join(self.rundir, "n%d.log" % i), "a")
         self.logs[i] = lf
+        env = None
+        if self.faketime:
+            if not os.path.exists(self.clock_file(i)):
+                self.set_clock(i, 0.0)
+            # Only the wall clock is skewed: monotonic time (raft's ticks,
+            # timeouts) runs true, as on a host whose NTP steps the clock.
+            env = dict(os.environ, LD_PRELOAD=self.faketime,
+                       FAKETIME_TIMESTAMP_FILE=self.clock_file(i),
+                       FAKETIME_CACHE_DURATION="1",
+                       FAKETIME_DONT_FAKE_MONOTONIC="1",
+                       # Its pthread_cond_timedwait "fix" for monotonic
+                       # condvars cuts throughput five-fold here, and
+                       # monotonic time is not faked anyway.
+                       FAKETIME_FORCE_MONOTONIC_FIX="0")
         cmd = ["ip", "netns", "exec", ns(i), self.inboxd,
                "--node-id", str(i), "--node-listen", addr_of(i),
                "--node-metrics", "%s:%d" % (ip_of(i), PORT + 1),
                "--node-data-dir", data, "--cluster-members", members,
+               "--cluster-join", "1" if i in self.joined else "0",
                "--cluster-shard-count", str(SHARDS),
                "--raft-tick", "50ms",
                "--store-checkpoint-interval", "1s",
@@ -236,8 +286,23 @@ class Cluster:
                "--tls-key", os.path.join(self.tls, "n%d.key" % i)]
         # `ip netns exec` execs inboxd: the pid is inboxd's.
         self.procs[i] = subprocess.Popen(cmd, stdout=lf, stderr=lf,
-                                         stdin=subprocess.DEVNULL,
+                                         stdin=subprocess.DEVNULL, env=env,
                                          start_new_session=True)
+
+    def start_watched(self, i, seconds=3.0):
+        """Starts node i and watches it for `seconds`: None if it is still
+        running, else (exit code, the last lines of its log)."""
+        self.start(i)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            p = self.procs[i]
+            if p.poll() is not None:
+                self.logs[i].flush()
+                with open(os.path.join(self.rundir, "n%d.log" % i)) as f:
+                    tail = f.read().splitlines()[-3:]
+                return p.returncode, " | ".join(tail)
+            time.sleep(0.05)
+        return None
 
     def kill(self, i):
         p = self.procs.get(i)
@@ -284,7 +349,9 @@ class Cluster:
         for lf in self.logs.values():
             lf.close()
 
-    def ctl(self, args, timeout_ms=2000):
+    def ctl(self, args, timeout_ms=2000, wait_s=0):
+        """inboxctl as admin against every node; wait_s: how long the
+        command itself may wait (its --wait)."""
         cmd = [self.inboxctl] + args
         for i in NODES:
             cmd += ["--addr", addr_of(i)]
@@ -292,7 +359,8 @@ class Cluster:
                 "--cert", os.path.join(self.tls, "admin.crt"),
                 "--key", os.path.join(self.tls, "admin.key"),
                 "--timeout", str(timeout_ms)]
-        return sh(cmd, timeout=timeout_ms / 1000 + 10, check_rc=False)
+        return sh(cmd, timeout=timeout_ms / 1000 + wait_s + 10,
+                  check_rc=False)
 
     def leader_of(self, inbox):
         r = self.ctl(["route", inbox, "--json"])
@@ -312,6 +380,49 @@ class Cluster:
         return False
 
 
+# ---- a stopped node's WAL --------------------------------------------------
+
+
+def wal_tail(data_dir):
+    """The newest WAL segment of a node and the end of its written data
+    (segments are preallocated with zeros: the last nonzero byte)."""
+    segs = sorted(glob.glob(os.path.join(data_dir, "wal", "wal-*.seg")))
+    if not segs:
+        return None, 0
+    with open(segs[-1], "rb") as f:
+        img = f.read()
+    return segs[-1], len(img.rstrip(b"\0"))
+
+
+def wal_damage(path, end, kind, rng):
+    """Damages the last `end` bytes' tail of a stopped node's segment:
+    truncate cuts 1 B-64 KiB off the end of its data (a file shortened
+    by a lost write), bitflip flips 1-4 bits in its last 64 KiB. Returns
+    what was done."""
+    base = os.path.basename(path)
+    room = end - WAL_SEG_HEADER_BYTES
+    if room <= 0:
+        return "%s holds no records; left alone" % base
+    if kind == "truncate":
+        k = rng.randint(1, min(65536, room))
+        os.truncate(path, end - k)
+        return "%s cut from %d to %d bytes (-%d)" % (base, end, end - k, k)
+    flips = []
+    with open(path, "r+b") as f:
+        for _ in range(rng.randint(1, 4)):
+            off = rng.randrange(max(WAL_SEG_HEADER_BYTES, end - 65536), end)
+            bit = rng.randrange(8)
+            f.seek(off)
+            b = f.read(1)[0] ^ (1 << bit)
+            f.seek(off)
+            f.write(bytes([b]))
+            flips.append("%d.%d" % (off, bit))
+        f.flush()
+        os.fsync(f.fileno())
+    return "%s: bits flipped at %s (data ends at %d)" % (base,
+                                                        " ".join(flips), end)
+
+
 # ---- the nemesis ----------------------------------------------------------
 
 
@@ -324,6 +435,12 @@ class Nemesis:
         self.storm = None
         self.faults = []
         self.faults_path = faults_path
+        self.findings = []  # what the nemesis itself saw go wrong
+
+    def finding(self, rec, what):
+        self.findings.append({"kind": rec["kind"], "node": rec["node"],
+                              "what": what, "t": time.monotonic_ns()})
+        log("FINDING (%s, node %s): %s" % (rec["kind"], rec["node"], what))
 
     def target(self, prefer_leader):
         if prefer_leader:
@@ -349,11 +466,57 @@ class Nemesis:
                 self.cuts.cut(n, m)
                 self.cuts.cut(m, n)
             rec["shape"] = "majority %s / minority [%d]" % (others, n)
+        elif kind == "halves":
+            # The target and (N-1)/2 - 1 others form the minority.
+            minority = sorted([n] + self.rng.sample(
+                others, (len(NODES) - 1) // 2 - 1))
+            majority = [m for m in NODES if m not in minority]
+            for a in minority:
+                for b in majority:
+                    self.cuts.cut(a, b)
+                    self.cuts.cut(b, a)
+            rec["shape"] = "majority %s / minority %s" % (majority, minority)
         elif kind == "bridge":
-            a, b = others
-            self.cuts.cut(a, b)
-            self.cuts.cut(b, a)
-            rec["shape"] = "%d and %d cut; %d sees both" % (a, b, n)
+            # The others in two halves that cannot see each other; the
+            # target (the bridge) sees both.
+            half = list(others)
+            self.rng.shuffle(half)
+            a, b = sorted(half[:len(half) // 2]), sorted(half[len(half) // 2:])
+            for x in a:
+                for y in b:
+                    self.cuts.cut(x, y)
+                    self.cuts.cut(y, x)
+            rec["shape"] = "%s and %s cut; %d sees both" % (a, b, n)
+        elif kind in ("truncate", "bitflip"):
+            # Kill the node, damage the tail of its newest WAL segment
+            # (kept aside first), restart it at the heal.
+            self.c.kill(n)
+            self.down.add(n)
+            seg, end = wal_tail(self.c.data_dir(n))
+            if seg is None:
+                rec["shape"] = "no WAL segment; left alone"
+            else:
+                rec["backup"] = (seg, seg + ".jepsen-orig")
+                shutil.copyfile(seg, seg + ".jepsen-orig")
+                rec["shape"] = wal_damage(seg, end, kind, self.rng)
+        elif kind == "skew":
+            off = self.rng.choice((-1, 1)) * self.rng.uniform(0.5, 60.0)
+            self.c.set_clock(n, off)
+            rec["shape"] = "wall clock %+.1f s" % off
+        elif kind == "member":
+            # Remove the node under load, stop it, wipe its data; the heal
+            # starts it empty, joining, and adds it back.
+            r = self.c.ctl(["cluster", "remove-node", str(n), "--wait", "30"],
+                           wait_s=30)
+            rec["shape"] = "removed"
+            if r.returncode != 0:
+                self.finding(rec, "cluster remove-node %d failed (exit %d): %s"
+                             % (n, r.returncode, r.stderr.strip()[-300:]))
+                rec["shape"] = "remove failed"
+            self.c.kill(n)
+            self.down.add(n)
+            shutil.rmtree(self.c.data_dir(n), ignore_errors=True)
+            self.c.joined.add(n)
         elif kind == "oneway":
             for m in others:
                 self.cuts.cut(n, m)
@@ -387,11 +550,49 @@ class Nemesis:
         log("fault %s" % json.dumps(rec))
         return rec
 
+    def restart_damaged(self, rec):
+        """Restarts a node whose WAL tail was damaged. It may rightly refuse
+        (a checksum failure before the tail is corruption, docs/storage.md):
+        then the kept segment is put back, as an operator would restore
+        it, and it must start."""
+        n = rec["node"]
+        res = self.c.start_watched(n)
+        if res is None:
+            rec["outcome"] = "restarted on the damaged log"
+        else:
+            rec["outcome"] = "refused to start (exit %d: %s)" % res
+            seg, orig = rec["backup"]
+            shutil.copyfile(orig, seg)
+            res = self.c.start_watched(n)
+            rec["outcome"] += "; segment restored, " + (
+                "restarted" if res is None else "STILL FAILS")
+            if res is not None:
+                self.finding(rec, "node %d does not start on its restored "
+                             "log (exit %d: %s)" % (n, res[0], res[1]))
+        if "backup" in rec:
+            os.unlink(rec.pop("backup")[1])
+
     def heal(self, rec):
         kind = rec["kind"]
         if kind == "kill":
             self.c.start(rec["node"])
             self.down.discard(rec["node"])
+        elif kind in ("truncate", "bitflip"):
+            self.restart_damaged(rec)
+            self.down.discard(rec["node"])
+        elif kind == "skew":
+            self.c.set_clock(rec["node"], 0.0)
+        elif kind == "member":
+            n = rec["node"]
+            self.c.start(n)
+            self.down.discard(n)
+            r = self.c.ctl(["cluster", "add-node", str(n), addr_of(n),
+                            "--wait", "60"], wait_s=60)
+            rec["outcome"] = "added back" if r.returncode == 0 else \
+                "add-node failed"
+            if r.returncode != 0:
+                self.finding(rec, "cluster add-node %d failed (exit %d): %s"
+                             % (n, r.returncode, r.stderr.strip()[-300:]))
         elif kind == "pause":
             self.c.resume(rec["node"])
         elif kind == "transfer":
@@ -404,6 +605,8 @@ class Nemesis:
         else:
             self.cuts.heal()
         rec["end"] = time.monotonic_ns()
+        if "outcome" in rec:
+            rec["shape"] = "%s; %s" % (rec.get("shape", ""), rec["outcome"])
         self.faults.append(rec)
         with open(self.faults_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -417,6 +620,8 @@ class Nemesis:
         self.cuts.heal()
         for i in NODES:
             self.c.resume(i)
+            if self.c.faketime:
+                self.c.set_clock(i, 0.0)
             if not self.c.alive(i):
                 self.c.start(i)
         self.down.clear()
@@ -469,7 +674,10 @@ def parse_args():
     ap.add_argument("--hot", type=int, default=3)
     ap.add_argument("--cold", type=int, default=60)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--faults", default="kill,pause,isolate,bridge,oneway")
+    ap.add_argument("--nodes", type=int, default=3, choices=(3, 5))
+    ap.add_argument("--faults", default=DEFAULT_FAULTS,
+                    help="comma-separated, of: %s; or all" %
+                         ",".join(FAULT_KINDS))
     ap.add_argument("--mix", default="40,30,10,10,10",
                     help="op weights: enqueue,fetch,ack,seen_set,seen_get")
     ap.add_argument("--bin", default=os.environ.get("JEPSEN_BIN", "/tmp/b-jep"),
@@ -482,10 +690,19 @@ def parse_args():
         a.time = 60.0  # --short: 60 s of load, about 70 s in all
     if a.seed is None:
         a.seed = int.from_bytes(os.urandom(4), "big")
+    if a.faults == "all":
+        a.faults = ",".join(FAULT_KINDS)
     bad = set(a.faults.split(",")) - set(FAULT_KINDS) - {""}
     if bad:
-        ap.error("unknown faults %s (known: %s)" % (sorted(bad),
-                                                    ",".join(FAULT_KINDS)))
+        ap.error("unknown faults %s (known: %s, or all)" %
+                 (sorted(bad), ",".join(FAULT_KINDS)))
+    a.faketime = None
+    if "skew" in a.faults.split(","):
+        a.faketime = next((p for p in FAKETIME_LIBS if os.path.exists(p)),
+                          None)
+        if a.faketime is None:
+            ap.error("--faults skew needs libfaketime (apt-get install "
+                     "faketime); looked for %s" % ", ".join(FAKETIME_LIBS))
     if a.time < a.quiet + 10:
         ap.error("--time must leave 10 s of faults before --quiet")
     return a
@@ -504,6 +721,7 @@ def run(a, rundir, tmp):
             raise HarnessError("missing %s (build with cmake first)" % b)
     net_setup()
     c = Cluster(a.bin, tmp, rundir)
+    c.faketime = a.faketime
     c.certs()
     for i in NODES:
         c.start(i)
@@ -616,7 +834,9 @@ def cleanup():
 
 
 def main():
+    global NODES
     a = parse_args()
+    NODES = tuple(range(1, a.nodes + 1))
     if os.geteuid() != 0:
         print("run.py needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -659,13 +879,18 @@ def main():
             f.write(harness_error + "\n")
         return 2
     crashes = RUN_STATE["cluster"].crashes
+    findings = RUN_STATE["nemesis"].findings
     res = check.check_run(rundir, extra={
         "seed": a.seed, "time_s": a.time, "workers": a.workers,
-        "threads": a.threads, "wall_s": (t_end - t_start) / 1e9,
-        "node_crashes": crashes})
+        "threads": a.threads, "nodes": len(NODES),
+        "wall_s": (t_end - t_start) / 1e9,
+        "node_crashes": crashes, "nemesis_findings": findings})
     print(res["summary_text"])
     if crashes:
         print("nodes exited by themselves: %s" % crashes)
+    for f in findings:
+        print("nemesis finding: %s" % f["what"])
+    if crashes or findings:
         return 1
     return 0 if res["valid"] else 1
 

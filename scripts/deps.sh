@@ -5,7 +5,8 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       liblmdb-dev lmdb-utils libuv1-dev libssl-dev libxxhash-dev
-      libcmocka-dev libinih-dev openssl python3 curl iproute2)
+      libcmocka-dev libinih-dev openssl python3 curl iproute2
+      faketime gnuplot-nox)
 
 missing=()
 for p in "${pkgs[@]}"; do
