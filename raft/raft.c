@@ -35,6 +35,44 @@
  *       single-server changes published in 2015 on raft-dev).
  *   I8. Follower progress: match < next; in REPLICATE the inflight ring
  *       holds the last index of each unacked APPEND, increasing.
+ *   I9. A follower's match only grows (it is the last index the follower
+ *       acknowledged in this term), with one exception: the follower proves
+ *       it lost acknowledged entries (see "Lost tail" below), and then
+ *       match drops to the follower's commit index. Lowering match never
+ *       lowers commit (I4); it only stops counting entries the follower no
+ *       longer holds.
+ *
+ * Lost tail. Raft assumes an acknowledged entry stays on the follower's
+ * disk. Ours can lose it: the WAL cuts a torn or corrupt tail on restart,
+ * taking entries it had acknowledged and, with them, HARD_STATE records
+ * interleaved with those entries (so the node may also come back with an
+ * older term, vote and commit). Without help the leader would never repair
+ * such a follower: its match is above the follower's last index, so an
+ * idle leader sends nothing, and every APPEND the follower rejects at
+ * prev <= match looks stale. So every heartbeat carries the leader's match
+ * for the receiver and that entry's term (bcast_heartbeat); a follower
+ * whose log lacks that entry takes no commit from it (its entries there
+ * may be older ones the cut brought back) and answers with a rejecting
+ * HEARTBEAT_RESP holding its last index and commit (handle_heartbeat); the
+ * leader lowers match to that commit and probes from the follower's end
+ * (lost_tail). A heartbeat is sent after the ack that set the match it
+ * carries, so the answer is proof, not a reordered old message; answers to
+ * rounds sent before an earlier lowering are ignored (regress_round). A
+ * rejected APPEND at prev <= match is never acted on: it may be stale, and
+ * re-probing at once on it was a message loop with such a follower.
+ *
+ * What a follower that lost acknowledged entries can still break: a
+ * committed entry may have been held by a bare majority including it; if
+ * the other holders are down, a candidate lacking the entry can win with
+ * its vote (its shortened log looks up to date) and the entry is lost.
+ * Guard (handle_vote): while a node's log ends below the highest commit
+ * index it has heard from a leader (commit_heard: a lagging or a
+ * shortened log), it refuses any candidate whose last index is below that
+ * commit index — no legitimate leader lacks a committed entry (§5.4.1), so
+ * this refuses no candidate Raft needs. It closes the window once the node
+ * has heard from a leader after restarting; before that it knows nothing
+ * and cannot help. A lost vote (HARD_STATE cut) can likewise let it vote twice
+ * in a term; nothing in raft can detect that.
  *
  * Persistence contract (raft.h): entries and hard state of a ready are made
  * durable by the caller before msgs_after go out; a leader's replication
@@ -62,6 +100,10 @@ struct progress {
     bool probe_sent; /* PROBE: one APPEND out, wait for its answer */
     bool recent_active;
     uint64_t acked_round;
+    /* Lost tail (I9): heartbeat rounds up to this one were sent before the
+     * last time match was lowered; how many times it was. */
+    uint64_t regress_round;
+    uint64_t regressions_count;
     /* REPLICATE: ring of in-flight APPENDs (last index, bytes). */
     uint32_t infl_start;
     uint32_t infl_count;
@@ -107,6 +149,9 @@ struct raft {
     uint64_t vote;
     uint64_t commit;
     struct raft_hard_state persisted_hs;
+    /* The highest commit index heard from a leader, possibly beyond our
+     * log (volatile: the vote guard in handle_vote). */
+    uint64_t commit_heard;
 
     enum raft_role role;
     uint64_t leader;
@@ -620,6 +665,7 @@ static void pr_reset(struct raft *r, struct progress *p)
     p->probe_sent = false;
     p->recent_active = false;
     p->acked_round = 0;
+    p->regress_round = r->round; /* answers to earlier rounds: not ours */
     p->snap_wait_ticks = 0;
     infl_reset(p);
     if (p->id == r->id)
@@ -950,6 +996,9 @@ static void bcast_heartbeat(struct raft *r)
         m.to = p->id;
         m.commit = p->match < r->commit ? p->match : r->commit;
         m.context = r->round;
+        /* Lost tail: the follower checks it still holds its match. */
+        m.index = p->match;
+        m.log_term = term_or0(r, p->match);
         send(r, &m);
     }
 }
@@ -1208,6 +1257,12 @@ static void handle_vote(struct raft *r, const struct raft_msg *m)
 #else
     /* §5.4.1: only a candidate whose log is at least as up-to-date. */
     bool up_to_date = log_up_to_date(r, m->index, m->log_term);
+    /* Lost tail guard (design note): while our log ends below a commit
+     * index a leader told us of, our own log is no yardstick; a candidate
+     * whose log ends below that index lacks a committed entry. (Once our
+     * log reaches it again, the rule above covers this.) */
+    if (r->commit_heard > last_index(r) && m->index < r->commit_heard)
+        up_to_date = false;
 #endif
     struct raft_msg resp = {0};
     if (can_vote && up_to_date) {
@@ -1386,9 +1441,14 @@ static void handle_append_resp(struct raft *r, struct progress *p,
 {
     p->recent_active = true;
     if (m->flags & RAFT_MSG_F_REJECT) {
-        /* Stale rejections (for an older probe) are ignored. */
-        if (p->state == PR_REPLICATE ? m->index <= p->match
-                                     : m->index != p->next - 1u)
+        /* Ignored: stale rejections (for an older probe, or for a pipelined
+         * APPEND), and any at prev <= match. The latter is either stale or
+         * from a follower that lost acknowledged entries, and the two look
+         * alike here; a lost tail is proven by a heartbeat answer instead
+         * (lost_tail). Probing again at once at prev = match would only
+         * draw the same rejection, in a loop. */
+        if (m->index <= p->match ||
+            (p->state == PR_PROBE && m->index != p->next - 1u))
             return;
         if (p->state == PR_SNAPSHOT)
             return;
@@ -1434,6 +1494,31 @@ static void handle_append_resp(struct raft *r, struct progress *p,
     maybe_send_timeout_now(r, p);
 }
 
+/* Lost tail (design note, I9): the follower answered heartbeat round
+ * m->context, which carried its match, saying it lacks that entry; its last
+ * index is m->index, its commit m->commit. The round was sent after the ack
+ * that set that match, so unless match was lowered since, the follower lost
+ * entries it had acknowledged: count only on its commit (entries a leader
+ * committed, which ours holds alike) and probe from where its log ends. */
+static void lost_tail(struct raft *r, struct progress *p,
+                      const struct raft_msg *m)
+{
+    if (m->context <= p->regress_round || m->context > r->round)
+        return; /* sent before an earlier lowering: says nothing new */
+    uint64_t keep = m->commit < m->index ? m->commit : m->index;
+    if (keep >= p->match)
+        return;
+    p->match = keep;
+    p->regress_round = r->round;
+    p->regressions_count++;
+    become_probe(r, p);
+    uint64_t next =
+        m->index < last_index(r) ? m->index + 1u : last_index(r) + 1u;
+    if (next > p->next)
+        p->next = next;         /* a mismatch there backtracks as usual */
+    assert(p->match < p->next); /* I8 */
+}
+
 static void step_leader(struct raft *r, const struct raft_msg *m)
 {
     struct progress *p = pr_find(r, m->from);
@@ -1450,6 +1535,8 @@ static void step_leader(struct raft *r, const struct raft_msg *m)
             p->acked_round = m->context;
             rounds_acked(r);
         }
+        if (m->flags & RAFT_MSG_F_REJECT)
+            lost_tail(r, p, m);
         if (p->match < last_index(r)) {
             /* Lost APPENDs would pin a full window forever: free a slot and
              * probe with prev = next-1 (a gap makes the follower reject,
@@ -1471,6 +1558,38 @@ static void step_leader(struct raft *r, const struct raft_msg *m)
     }
 }
 
+/* Does our log lack the entry the leader holds as our match? Then we lost
+ * entries we acknowledged to it in this term (design note, "Lost tail").
+ * Compacted entries are committed, hence the leader's too. */
+static bool lost_acked(const struct raft *r, const struct raft_msg *m)
+{
+    uint64_t t = 0;
+    if (m->index == 0)
+        return false;
+    int rc = term_of(r, m->index, &t);
+    if (rc == INBOX_ECOMPACTED)
+        return false;
+    return rc != 0 || (m->log_term != 0 && t != m->log_term);
+}
+
+/* The heartbeat's commit is at most our match (bcast_heartbeat), so the
+ * entries up to it are the leader's — unless we lost some: then entries
+ * of ours at those indexes may be older ones the cut WAL brought back, and
+ * committing them would apply what no leader committed. */
+static void handle_heartbeat(struct raft *r, const struct raft_msg *m)
+{
+    struct raft_msg resp = {0};
+    resp.context = m->context;
+    if (lost_acked(r, m)) {
+        resp.flags = RAFT_MSG_F_REJECT;
+        resp.index = last_index(r);
+        resp.commit = r->commit;
+    } else {
+        commit_to(r, m->commit < last_index(r) ? m->commit : last_index(r));
+    }
+    reply(r, m, RAFT_MSG_HEARTBEAT_RESP, &resp);
+}
+
 static void step_follower(struct raft *r, const struct raft_msg *m)
 {
     switch (m->type) {
@@ -1481,17 +1600,15 @@ static void step_follower(struct raft *r, const struct raft_msg *m)
             become_follower(r, r->term, m->from);
         r->election_elapsed = 0;
         r->leader = m->from;
-        if (m->type == RAFT_MSG_APPEND) {
+        /* A leader of our term sends only commit indexes it committed. */
+        if (m->commit > r->commit_heard)
+            r->commit_heard = m->commit;
+        if (m->type == RAFT_MSG_APPEND)
             handle_append(r, m);
-        } else if (m->type == RAFT_MSG_SNAPSHOT) {
+        else if (m->type == RAFT_MSG_SNAPSHOT)
             handle_snapshot(r, m);
-        } else {
-            uint64_t c = m->commit < last_index(r) ? m->commit : last_index(r);
-            commit_to(r, c);
-            struct raft_msg resp = {0};
-            resp.context = m->context;
-            reply(r, m, RAFT_MSG_HEARTBEAT_RESP, &resp);
-        }
+        else
+            handle_heartbeat(r, m);
         break;
     case RAFT_MSG_PRE_VOTE_RESP:
     case RAFT_MSG_VOTE_RESP:
@@ -2020,6 +2137,7 @@ int raft_progress_of(const struct raft *r, uint64_t id,
         out->next = p->next;
         out->state = p->state;
         out->inflight_msgs = p->infl_count;
+        out->regressions_count = p->regressions_count;
         out->paused = p->state == PR_PROBE       ? p->probe_sent
                       : p->state == PR_REPLICATE ? infl_full(r, p)
                                                  : true;

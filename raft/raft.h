@@ -154,6 +154,9 @@ struct raft_msg {
     uint64_t term;
     /* APPEND: prev index/term. VOTE*: last index/term. APPEND_RESP: the
      * highest index known to match (accept) or the rejected prev index.
+     * HEARTBEAT: the leader's match for the receiver, and its term.
+     * HEARTBEAT_RESP reject (the receiver lacks that entry: it lost entries
+     * it had acknowledged): its last index, and its commit in commit.
      * SNAPSHOT(_RESP): byte offset of the chunk / next offset wanted. */
     uint64_t index;
     uint64_t log_term;
@@ -337,6 +340,9 @@ struct raft_progress_info {
     uint32_t state;
     uint32_t inflight_msgs;
     bool paused;
+    /* Times this node, as leader, found the follower had lost entries it
+     * had acknowledged (a cut WAL tail) and lowered its match. */
+    uint64_t regressions_count;
 };
 int raft_progress_of(const struct raft *r, uint64_t id,
                      struct raft_progress_info *out);

@@ -860,6 +860,293 @@ static void test_restart_keeps_durable_state(void **state)
     t_fini(&net);
 }
 
+/* ---- a follower whose disk lost acknowledged entries -------------------- */
+
+/* The WAL cuts a torn tail on restart, so a follower can come back with a
+ * shorter log than the leader's match for it says (it acknowledged entries
+ * its disk then lost), and with the hard state of some earlier record. The
+ * paper assumes this never happens; the leader must still notice and bring
+ * the follower back up to date, without a storm of messages. */
+
+/* Drop every stable entry after last, as a cut WAL tail would. */
+static void cut_log(struct mem_storage *s, uint64_t last)
+{
+    while (s->count > 0 && s->ents[s->count - 1].index > last) {
+        free(s->ents[s->count - 1].data);
+        s->count--;
+    }
+}
+
+/* The first rejecting HEARTBEAT_RESP seen by tick_and_deliver, kept to be
+ * replayed later as a stale duplicate. */
+static struct raft_msg hb_reject;
+static bool hb_reject_seen;
+
+/* One tick of every live node, then deliver queued messages in order until
+ * the network is quiet or budget messages went through. Returns how many
+ * were delivered: a hot message loop shows up as the whole budget. */
+static size_t tick_and_deliver(size_t budget)
+{
+    for (uint64_t id = 1; id <= net.count; id++)
+        if (net.n[id].r)
+            raft_tick(net.n[id].r);
+    size_t k = 0;
+    for (; k < budget; k++) {
+        t_ready_all(&net);
+        if (net.qn == 0)
+            break;
+        struct t_msg q = net.q[0];
+        memmove(net.q, net.q + 1, (net.qn - 1) * sizeof(net.q[0]));
+        net.qn--;
+        struct t_node *to = q.m.to <= net.count ? &net.n[q.m.to] : NULL;
+        if (q.m.type == RAFT_MSG_HEARTBEAT_RESP &&
+            (q.m.flags & RAFT_MSG_F_REJECT) && !hb_reject_seen) {
+            hb_reject = q.m; /* no entries, nothing to own */
+            hb_reject_seen = true;
+        }
+        if (to && to->r && !net.cut[q.m.from][q.m.to])
+            (void)raft_step(to->r, &q.m);
+        free(q.block);
+    }
+    t_ready_all(&net);
+    return k;
+}
+
+#define LOST_TAIL_TICKS 40u
+#define LOST_TAIL_MSGS_PER_TICK_MAX 32u
+
+/* n3 acknowledges up to index 6, crashes, and restarts with its log cut
+ * back to index cut. old_hs: its hard state is also the one it had when its
+ * log ended at 3 (a cut WAL tail loses the HARD_STATE records interleaved
+ * with the entries), and a new leader of a later term was elected after
+ * that, so n3 also comes back in an older term. old_entries (with old_hs):
+ * entries 4.. come back with term 1, as if the cut had taken the records
+ * that overwrote older ones of an earlier leader. busy: clients keep
+ * writing while n3 recovers. */
+static void lost_tail_case(uint64_t cut, bool old_hs, bool old_entries,
+                           bool busy)
+{
+    hb_reject_seen = false;
+    t_init(&net, 3, 0, NULL);
+    t_elect(&net, 1);
+    t_propose_byte(&net, 1, 1);
+    t_propose_byte(&net, 1, 1);
+    t_settle(&net); /* [1@1 2@1 3@1] everywhere, committed */
+    struct raft_hard_state hs_early = net.n[3].st.hs;
+    assert_int_equal(raft_last_index(net.n[3].r), 3);
+    uint64_t leader = 1;
+    if (old_hs) {
+        t_elect(&net, 2); /* term 2: n3 votes for n2; no-op 4@2 */
+        leader = 2;
+        t_propose_byte(&net, 2, 1);
+        t_propose_byte(&net, 2, 1);
+    } else {
+        for (int i = 0; i < 3; i++)
+            t_propose_byte(&net, 1, 1);
+    }
+    t_settle(&net);
+    assert_int_equal(role(leader), RAFT_LEADER);
+    assert_int_equal(raft_last_index(net.n[leader].r), 6);
+    assert_int_equal(raft_commit(net.n[leader].r), 6);
+    assert_int_equal(raft_match_of(net.n[leader].r, 3), 6);
+
+    t_crash(&net, 3);
+    cut_log(&net.n[3].st, cut);
+    if (old_hs)
+        net.n[3].st.hs = hs_early;
+    for (size_t i = 0; old_entries && i < net.n[3].st.count; i++) {
+        struct mem_entry *e = &net.n[3].st.ents[i];
+        if (e->index > 3) {
+            e->term = 1;
+            if (e->len == 1)
+                e->data[0] = 100; /* applying it would show in the sum */
+        }
+    }
+    net.n[3].applied_data_sum = 0; /* it applies everything again */
+    t_start(&net, 3);
+    assert_int_equal(raft_last_index(net.n[3].r), cut);
+
+    size_t per_tick_max = 0;
+    uint32_t tick = 0, caught_up_at = 0;
+    for (; tick < LOST_TAIL_TICKS; tick++) {
+        if (busy && tick < 10)
+            assert_int_equal(t_propose_byte(&net, leader, 1), 0);
+        size_t k = tick_and_deliver(1000);
+        if (k > per_tick_max)
+            per_tick_max = k;
+        bool caught_up = raft_match_of(net.n[leader].r, 3) ==
+                             raft_last_index(net.n[leader].r) &&
+                         net.n[3].applied == raft_commit(net.n[leader].r);
+        if (caught_up && caught_up_at == 0)
+            caught_up_at = tick + 1;
+        if (caught_up && tick >= 10)
+            break; /* writes over */
+    }
+    /* Never applied an entry the leader does not hold (old_entries). */
+    assert_int_equal(net.n[3].applied_data_sum, net.n[leader].applied_data_sum);
+    struct raft *l = net.n[leader].r;
+    uint64_t last = raft_last_index(l);
+    print_message("lost tail (cut %llu, old hs %d, old entries %d, busy %d): "
+                  "first caught up in tick %u; at the end leader last %llu "
+                  "commit %llu match(n3) "
+                  "%llu; n3 last %llu applied %llu; most messages in one "
+                  "tick %zu\n",
+                  (unsigned long long)cut, old_hs, old_entries, busy,
+                  caught_up_at, (unsigned long long)last,
+                  (unsigned long long)raft_commit(l),
+                  (unsigned long long)raft_match_of(l, 3),
+                  (unsigned long long)raft_last_index(net.n[3].r),
+                  (unsigned long long)net.n[3].applied, per_tick_max);
+    assert_int_equal(role(leader), RAFT_LEADER);
+    assert_true(per_tick_max <= LOST_TAIL_MSGS_PER_TICK_MAX); /* no storm */
+    /* The first heartbeat round exposes the lost tail. */
+    assert_true(caught_up_at >= 1 && caught_up_at <= 2);
+    assert_int_equal(raft_commit(l), last);
+    assert_int_equal(raft_last_index(net.n[3].r), last);
+    assert_int_equal(raft_term_at(net.n[3].r, last), raft_term_at(l, last));
+    assert_int_equal(raft_match_of(l, 3), last);
+    assert_int_equal(net.n[3].applied, last);
+    /* Counted once; a duplicate of the follower's answer, arriving now, is
+     * recognised as stale and changes nothing. */
+    struct raft_progress_info pi;
+    assert_int_equal(raft_progress_of(l, 3, &pi), 0);
+    assert_int_equal(pi.regressions_count, 1);
+    assert_true(hb_reject_seen);
+    assert_int_equal(raft_step(l, &hb_reject), 0);
+    t_ready_all(&net);
+    assert_int_equal(raft_progress_of(l, 3, &pi), 0);
+    assert_int_equal(pi.regressions_count, 1);
+    assert_int_equal(pi.match, last);
+    assert_int_equal(t_count(&net, RAFT_MSG_APPEND, -1), 0);
+    t_fini(&net);
+}
+
+/* An idle cluster: no new entry will ever make n3 reject an APPEND, so the
+ * leader must learn of the lost tail from the heartbeats alone. */
+static void test_lost_tail_follower_catches_up_idle(void **state)
+{
+    (void)state;
+    lost_tail_case(3, false, false, false);
+    lost_tail_case(0, false, false, false);
+}
+
+/* Writes keep coming: n3 rejects every APPEND past its end, at prev <= the
+ * match the leader holds for it. */
+static void test_lost_tail_follower_catches_up_busy(void **state)
+{
+    (void)state;
+    lost_tail_case(2, false, false, true);
+}
+
+/* The hard state went with the tail: n3 restarts in an older term, with an
+ * older vote and commit; or with entries of an older term where the leader
+ * holds its match (index there, term wrong). */
+static void test_lost_tail_and_hard_state(void **state)
+{
+    (void)state;
+    lost_tail_case(3, true, false, false);
+    lost_tail_case(3, true, false, true);
+    lost_tail_case(6, true, true, false);
+    lost_tail_case(5, true, true, true);
+}
+
+/* A rejection at prev <= match may be stale: an answer to an older probe,
+ * reordered or duplicated by the network, sent before the follower had the
+ * entries it later acknowledged. It must neither lower match nor make the
+ * leader probe again at once (doing so on every such answer is a message
+ * loop when the follower really lost its tail). */
+static void test_stale_probe_rejection_ignored(void **state)
+{
+    (void)state;
+    t_init(&net, 3, 0, NULL);
+    t_elect(&net, 1);
+    t_propose_byte(&net, 1, 1);
+    t_settle(&net);
+    uint64_t L = raft_last_index(net.n[1].r); /* 2, n3's match too */
+    assert_int_equal(raft_match_of(net.n[1].r, 3), L);
+    t_isolate(&net, 3);
+    t_propose_byte(&net, 1, 1); /* L+1, never reaches n3 */
+    t_settle(&net);
+    t_heal(&net);
+    /* n3 answers an APPEND at prev L+1 with a rejection: back to PROBE,
+     * probing at prev L. */
+    struct raft_msg m = {0};
+    m.type = RAFT_MSG_APPEND_RESP;
+    m.flags = RAFT_MSG_F_REJECT;
+    m.from = 3;
+    m.to = 1;
+    m.term = raft_term(net.n[1].r);
+    m.index = L + 1;
+    m.hint_index = L;
+    m.hint_term = raft_term_at(net.n[1].r, L);
+    assert_int_equal(raft_step(net.n[1].r, &m), 0);
+    t_ready(&net, 1);
+    struct raft_progress_info pi;
+    assert_int_equal(raft_progress_of(net.n[1].r, 3, &pi), 0);
+    assert_int_equal(pi.state, 0); /* PROBE */
+    assert_int_equal(pi.next, L + 1);
+    t_drop_queue(&net);
+    /* An old rejection of prev L (from before n3 had L) arrives now. */
+    m.index = L;
+    m.hint_index = 1;
+    m.hint_term = raft_term_at(net.n[1].r, 1);
+    assert_int_equal(raft_step(net.n[1].r, &m), 0);
+    t_ready(&net, 1);
+    assert_int_equal(t_count(&net, RAFT_MSG_APPEND, -1), 0);
+    assert_int_equal(raft_progress_of(net.n[1].r, 3, &pi), 0);
+    assert_int_equal(pi.match, L);
+    assert_int_equal(pi.regressions_count, 0);
+    t_drop_queue(&net);
+    t_fini(&net);
+}
+
+/* No legitimate leader lacks a committed entry (§5.4.1 Leader
+ * Completeness). A voter that has heard of commit index c from a leader —
+ * here a follower whose log was cut below c — refuses any candidate whose
+ * log ends before c, even one as up to date as its own shortened log;
+ * otherwise its vote could elect a leader without entries it once held. */
+static void test_lost_tail_voter_refuses_short_candidate(void **state)
+{
+    (void)state;
+    t_init(&net, 3, 0, NULL);
+    t_elect(&net, 1);
+    for (int i = 0; i < 5; i++)
+        t_propose_byte(&net, 1, 1);
+    t_settle(&net); /* [1..6]@1, committed */
+    t_crash(&net, 3);
+    cut_log(&net.n[3].st, 3);
+    t_start(&net, 3);
+    /* One heartbeat reaches n3: the leader's commit, 6. */
+    t_tick(&net, 1, 1);
+    t_ready(&net, 1);
+    for (size_t i = 0; i < net.qn; i++)
+        if (net.q[i].m.type == RAFT_MSG_HEARTBEAT && net.q[i].m.to == 3)
+            raft_step(net.n[3].r, &net.q[i].m);
+    t_drop_queue(&net);
+    t_ready(&net, 3);
+    t_drop_queue(&net);
+    struct raft_msg m = {0};
+    m.type = RAFT_MSG_VOTE;
+    m.from = 2;
+    m.to = 3;
+    m.term = raft_term(net.n[3].r) + 1;
+    m.index = 3; /* as up to date as n3's own log, short of index 6 */
+    m.log_term = 1;
+    raft_step(net.n[3].r, &m);
+    t_ready(&net, 3);
+    assert_int_equal(net.qn, 1);
+    assert_int_equal(net.q[0].m.type, RAFT_MSG_VOTE_RESP);
+    assert_true(net.q[0].m.flags & RAFT_MSG_F_REJECT);
+    t_drop_queue(&net);
+    m.index = 6; /* a candidate holding the committed entries */
+    raft_step(net.n[3].r, &m);
+    t_ready(&net, 3);
+    assert_int_equal(net.qn, 1);
+    assert_false(net.q[0].m.flags & RAFT_MSG_F_REJECT);
+    t_drop_queue(&net);
+    t_fini(&net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -890,6 +1177,11 @@ int main(void)
         cmocka_unit_test(test_bounds_and_errors),
         cmocka_unit_test(test_allocation_failure),
         cmocka_unit_test(test_restart_keeps_durable_state),
+        cmocka_unit_test(test_lost_tail_follower_catches_up_idle),
+        cmocka_unit_test(test_lost_tail_follower_catches_up_busy),
+        cmocka_unit_test(test_lost_tail_and_hard_state),
+        cmocka_unit_test(test_stale_probe_rejection_ignored),
+        cmocka_unit_test(test_lost_tail_voter_refuses_short_candidate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
