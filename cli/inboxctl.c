@@ -8,11 +8,12 @@
  *   1  the operation failed (the error is printed: name, message, advice)
  *   2  usage error: unknown command or flag, missing or malformed value
  *   3  cannot reach the cluster (connection, TLS) — retrying may help
+ *   4  store verify: the store opened, and an invariant does not hold
  *
- * `cert` needs no node. Every other command talks to the cluster through
- * libinbox (include/inbox/client.h) and takes the global connection options
- * (--addr, --ca, --cert, --key, --timeout, --json), before or after the
- * command's name.
+ * `cert` needs no node; `store verify` reads a stopped node's files. Every
+ * other command talks to the cluster through libinbox (include/inbox/client.h)
+ * and takes the global connection options (--addr, --ca, --cert, --key,
+ * --timeout, --json), before or after the command's name.
  *
  * Each remote command runs one call (watch: a watch, then pushes) on the
  * library's async core and drives inbox_client_poll() itself rather than
@@ -49,6 +50,7 @@
 #include <unistd.h>
 
 #include "cert.h"
+#include "store_verify.h"
 #include "inbox/client.h"
 #include "inbox/error.h"
 #include "inbox/limits.h"
@@ -58,6 +60,7 @@ enum exit_code {
     EXIT_FAILED = 1,
     EXIT_USAGE = 2,
     EXIT_UNREACHABLE = 3,
+    EXIT_VIOLATED = 4,
 };
 
 #define PATH_BYTES_MAX 1024
@@ -86,7 +89,7 @@ static const char global_usage[] =
     "  --json            JSON on stdout; a failure prints {\"error\": NAME,\n"
     "                    \"message\": ..., \"advice\": ...} there too\n"
     "exit codes: 0 ok, 1 operation failed, 2 usage, 3 cannot reach the "
-    "cluster (connection or TLS)\n";
+    "cluster (connection or TLS), 4 store verify found a violation\n";
 
 static void print_usage(const struct command *c, FILE *f)
 {
@@ -2838,6 +2841,161 @@ static int cmd_snapshot(int argc, char **argv)
     return session_end(&s, rc, NULL);
 }
 
+/* ---- store verify -------------------------------------------------------- */
+
+struct verify_out {
+    bool json;
+    uint32_t shards;
+    uint32_t violations;
+    uint32_t first_bad; /* the first shard that violates, for the message */
+    uint64_t first_bad_commands, first_bad_index;
+};
+
+/* One shard: a table row, or an element of the "shards" array. The check
+ * is invariant 7 of engine/store.c: applied_commands <= applied_index (each
+ * raft index applied at most once). */
+static int verify_print(void *arg, const struct verify_shard *v)
+{
+    struct verify_out *o = arg;
+    bool ok = v->applied_commands <= v->applied_index;
+    if (!ok && o->violations++ == 0) {
+        o->first_bad = v->shard;
+        o->first_bad_commands = v->applied_commands;
+        o->first_bad_index = v->applied_index;
+    }
+    if (o->json) {
+        printf("%s{\"shard\":%" PRIu32 ",\"applied_index\":%" PRIu64
+               ",\"applied_term\":%" PRIu64 ",\"applied_commands\":%" PRIu64
+               ",\"state_hash\":\"%016" PRIx64 "\",\"ok\":%s}",
+               o->shards ? "," : "", v->shard, v->applied_index,
+               v->applied_term, v->applied_commands, v->state_hash,
+               ok ? "true" : "false");
+    } else {
+        if (o->shards == 0)
+            printf("%-6s %-14s %-12s %-16s %-16s %s\n", "SHARD",
+                   "APPLIED_INDEX", "APPLIED_TERM", "APPLIED_COMMANDS",
+                   "STATE_HASH", "CHECK");
+        printf("%-6" PRIu32 " %-14" PRIu64 " %-12" PRIu64 " %-16" PRIu64
+               " %016" PRIx64 " %s\n",
+               v->shard, v->applied_index, v->applied_term, v->applied_commands,
+               v->state_hash,
+               ok ? "ok" : "VIOLATED: applied_commands > applied_index");
+    }
+    o->shards++;
+    return 0;
+}
+
+/* What to say when the store cannot be read: message and advice. */
+static const char *verify_explain(int rc, const char *store, char *msg,
+                                  size_t msg_bytes)
+{
+    if (rc == INBOX_ENOTFOUND) {
+        snprintf(msg, msg_bytes, "%s holds no inboxd store", store);
+        return "DATA_DIR is the node's --node-data-dir, whose store/ holds "
+               "data.mdb and store.lock";
+    }
+    if (rc == INBOX_ELOCKED) {
+        snprintf(msg, msg_bytes, "%s is in use by another process", store);
+        return "is inboxd running on this data directory? verify reads a "
+               "stopped node only: stop it first";
+    }
+    snprintf(msg, msg_bytes, "cannot read the store in %s: %s", store,
+             inbox_strerror(rc));
+    return NULL;
+}
+
+/* Closes the output the walk began (rc: the walk's) and picks the exit
+ * code: 1 when the store could not be read, 4 on a violation. */
+static int verify_finish(const struct command *c, struct global *g,
+                         const struct verify_out *o, const char *store, int rc)
+{
+    if (g->json)
+        printf("],\"violations\":%" PRIu32 ",\"ok\":%s", o->violations,
+               rc == 0 && o->violations == 0 ? "true" : "false");
+    if (rc != 0) {
+        char msg[PATH_BYTES_MAX + 128];
+        const char *advice = verify_explain(rc, store, msg, sizeof msg);
+        if (g->json) {
+            fputs(",\"error\":", stdout);
+            json_str(stdout, inbox_err_name(rc));
+            fputs(",\"message\":", stdout);
+            json_str(stdout, msg);
+            fputs(",\"advice\":", stdout);
+            json_str(stdout, advice ? advice : "");
+            printf(",\"exit\":%d}\n", EXIT_FAILED);
+        }
+        g->json = false; /* the document above says it already */
+        return report(c, g, EXIT_FAILED, inbox_err_name(rc), msg, advice);
+    }
+    if (g->json)
+        printf(",\"exit\":%d}\n", o->violations ? EXIT_VIOLATED : EXIT_OK);
+    else
+        printf("shards=%" PRIu32 " violations=%" PRIu32 "\n", o->shards,
+               o->violations);
+    if (o->violations == 0)
+        return EXIT_OK;
+    fprintf(stderr,
+            "inboxctl: store verify: %s: shard %" PRIu32
+            ": applied_commands %" PRIu64 " > applied_index %" PRIu64
+            " (%" PRIu32 " shard(s) violate): some raft entry was applied "
+            "more than once\n",
+            store, o->first_bad, o->first_bad_commands, o->first_bad_index,
+            o->violations);
+    return EXIT_VIOLATED;
+}
+
+static int cmd_store_verify(int argc, char **argv)
+{
+    const struct command *c = find_command("store", "verify");
+    struct global g;
+    memset(&g, 0, sizeof g);
+    static const struct option lo[] = {{"json", no_argument, 0, 'j'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+    int ch;
+    opterr = 0;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'j':
+            g.json = true;
+            break;
+        case 'h':
+            fputs(c->usage, stdout);
+            return EXIT_OK;
+        default:
+            return usage_error(c, "unknown or incomplete option '%s'",
+                               argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        return usage_error(c, "missing DATA_DIR");
+    if (optind + 1 < argc)
+        return usage_error(c, "unexpected argument '%s'", argv[optind + 1]);
+    const char *dir = argv[optind];
+    char store[PATH_BYTES_MAX];
+    struct stat st;
+    int e = stat(dir, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+    if (e != 0) {
+        char msg[PATH_BYTES_MAX + 64];
+        snprintf(msg, sizeof msg, "%s: %s", dir, strerror(e));
+        return report(c, &g, EXIT_FAILED, inbox_err_name(INBOX_ENOTFOUND), msg,
+                      "DATA_DIR is the node's --node-data-dir");
+    }
+    if ((size_t)snprintf(store, sizeof store, "%s/store", dir) >= sizeof store)
+        return usage_error(c, "DATA_DIR is too long");
+    struct verify_out o = {.json = g.json};
+    /* Output starts before the walk, so an error midway (a corrupt shard)
+     * closes the document it began: JSON stays one parsable object. */
+    if (g.json) {
+        fputs("{\"store\":", stdout);
+        json_str(stdout, store);
+        fputs(",\"shards\":[", stdout);
+    }
+    int rc = store_verify_walk(store, &o, verify_print);
+    return verify_finish(c, &g, &o, store, rc);
+}
+
 /* ---- table and dispatch -------------------------------------------------- */
 
 static const struct command commands[] = {
@@ -2995,6 +3153,25 @@ static const struct command commands[] = {
      "  shard it hosts). Needs an admin certificate, else DENIED.\n"
      "  Prints snapshot taken: epoch=N (--json: {\"epoch\"}).\n",
      cmd_snapshot, true},
+    {"store verify", "check a stopped node's store, per shard (offline)",
+     "usage: inboxctl store verify DATA_DIR [--json]\n"
+     "  Opens DATA_DIR/store (DATA_DIR: the node's --node-data-dir)\n"
+     "  read-only, as of its last checkpoint, and prints per shard that has\n"
+     "  any state: shard, applied index and term, applied commands (the\n"
+     "  raft entries the store applied, no-ops included) and the state\n"
+     "  hash (XXH3-64, hex), and checks applied_commands <= applied_index.\n"
+     "  The node must be stopped: a store in use is LOCKED (exit 1).\n"
+     "  Replicas of a shard at the same applied index must show the same\n"
+     "  state hash; a node's applied_commands equals its applied_index.\n"
+     "  Exit 0: every shard ok; 1: cannot read the store; 4: a shard has\n"
+     "  applied_commands > applied_index (an entry applied twice).\n"
+     "  --json: one document {\"store\",\"shards\":[{\"shard\",\n"
+     "  \"applied_index\",\"applied_term\",\"applied_commands\",\n"
+     "  \"state_hash\" (16 hex digits),\"ok\"}],\"violations\",\"ok\",\n"
+     "  \"exit\"}; when the store cannot be read it also has \"error\"\n"
+     "  (NAME), \"message\" and \"advice\" (a missing DATA_DIR: only\n"
+     "  those and \"exit\").\n",
+     cmd_store_verify, false},
 };
 
 #define COMMANDS_COUNT (sizeof commands / sizeof commands[0])

@@ -9,6 +9,9 @@
  *              other call answers INBOX_EBUSY.
  *   FAILED     s->failed != 0, s->txn == NULL; every call answers
  *              INBOX_EFAILED until store_close().
+ * A store opened with store_options.read_only is OPEN with s->txn a read
+ * transaction (the last checkpoint) for good: store_apply,
+ * store_checkpoint and store_restore_begin answer INBOX_EINVAL (writable()).
  * Transitions: store_open -> OPEN; store_restore_begin -> RESTORING;
  * store_restore_finish/abort -> OPEN; any failed LMDB write or commit
  * (fail()) -> FAILED.
@@ -29,6 +32,12 @@
  *     dedup_exp key (shard, ts, inbox, msg id), and vice versa.
  *  6. A shard's applied index only grows, and is written in the same
  *     transaction as the data it describes.
+ *  7. A shard's applied_commands counts the entries store_apply applied
+ *     to it (those past the replay guard), in the same transaction as
+ *     they were applied, so applied_commands <= applied_index: each index
+ *     is applied at most once (asserted in apply_entry()). A snapshot
+ *     carries the count; a shard meta of format 1 (no count) reads as
+ *     applied_commands == applied_index (see load_shard()).
  *
  * Keys all begin with the shard id, big-endian, so a shard is one
  * contiguous key range in every sub-database (docs/store.md).
@@ -76,11 +85,16 @@ static const char *const db_names[DB_COUNT] = {
     "expiry",
 };
 
-#define STORE_FORMAT_VERSION 1u
+/* Format 2 added applied_commands to the shard meta (24 -> 32 bytes). A
+ * format-1 store is migrated when opened for writing (migrate_v1()); a
+ * read-only open reads either. */
+#define STORE_FORMAT_VERSION 2u
+#define STORE_FORMAT_VERSION_V1 1u
 #define FORMAT_KEY "inboxd.store.format"
 #define NEVER UINT64_MAX
 
-#define SHARD_META_BYTES 24u
+#define SHARD_META_BYTES 32u
+#define SHARD_META_V1_BYTES 24u /* format 1: no applied_commands */
 #define INBOX_META_BYTES 48u
 #define MSG_HEADER_BYTES 32u /* msg_id[16] | enqueue_ts u64 | deadline u64 */
 #define DEDUP_VALUE_BYTES 16u
@@ -88,7 +102,12 @@ static const char *const db_names[DB_COUNT] = {
 #define LMDB_KEY_BYTES_MAX 511u
 
 #define SNAP_MAGIC 0x50534E49u /* "INSP" little-endian */
-#define SNAP_VERSION 1u
+/* Stream version 2 carries format-2 shard metas; restore also takes
+ * version 1 (a format-1 node's stream), whose 24-byte metas load_shard()
+ * reads. A format-1 node refuses a version-2 stream before touching its
+ * state. */
+#define SNAP_VERSION 2u
+#define SNAP_VERSION_V1 1u
 #define SNAP_HEADER_BYTES 32u
 #define SNAP_FLAG_LAST 1u
 #define SNAP_RECORD_HEADER_BYTES 7u
@@ -104,6 +123,7 @@ struct shard_meta {
     uint64_t applied_index;
     uint64_t applied_term;
     uint64_t now_ms;
+    uint64_t applied_commands; /* entries applied (invariant 7) */
 };
 
 struct inbox_meta {
@@ -140,6 +160,7 @@ struct store {
     int lock_fd;
     struct store_options opt;
     struct store_restore *restoring;
+    bool read_only; /* opened with store_options.read_only */
     /* Shard metas of the entries being applied: loaded once per shard per
      * store_apply call and written back once at its end, so a batch that
      * mixes shards (the server applies every shard's committed entries
@@ -241,13 +262,25 @@ static void shard_meta_put(uint8_t *v, const struct shard_meta *m)
     put_u64le(v, m->applied_index);
     put_u64le(v + 8, m->applied_term);
     put_u64le(v + 16, m->now_ms);
+    put_u64le(v + 24, m->applied_commands);
 }
 
-static void shard_meta_get(const uint8_t *v, struct shard_meta *m)
+/* v holds len bytes: SHARD_META_BYTES, or SHARD_META_V1_BYTES for a meta
+ * written by format 1, which did not count. Every raft index a node has
+ * reaches store_apply once (commands, leader no-ops and configuration
+ * entries alike) or comes in a snapshot, so applied_index is exactly what
+ * format 2 would have counted for a correct node; taking it keeps the
+ * count equal on replicas that upgrade at different times (a replica
+ * started at 0 would count less than one that had applied the same
+ * entries after its upgrade). It cannot break invariant 7. */
+static void shard_meta_get(const uint8_t *v, size_t len, struct shard_meta *m)
 {
+    assert(len == SHARD_META_BYTES || len == SHARD_META_V1_BYTES);
     m->applied_index = get_u64le(v);
     m->applied_term = get_u64le(v + 8);
     m->now_ms = get_u64le(v + 16);
+    m->applied_commands =
+        len == SHARD_META_BYTES ? get_u64le(v + 24) : m->applied_index;
 }
 
 static void inbox_meta_put(uint8_t *v, const struct inbox_meta *m)
@@ -299,6 +332,21 @@ static int db_del(struct store *s, int db, const uint8_t *k, size_t klen)
     return rc == MDB_NOTFOUND ? 0 : map_mdb(rc);
 }
 
+/* End s->txn. LMDB frees a write transaction's cursors with it, but a
+ * read transaction's (a read-only store's) must be closed by hand. */
+static void end_txn(struct store *s)
+{
+    if (s->txn == NULL)
+        return;
+    for (int i = 0; i < DB_COUNT && s->read_only; i++) {
+        if (s->cur[i] != NULL)
+            mdb_cursor_close(s->cur[i]);
+        s->cur[i] = NULL;
+    }
+    mdb_txn_abort(s->txn);
+    s->txn = NULL;
+}
+
 static int open_cursors(struct store *s)
 {
     for (int i = 0; i < DB_COUNT; i++) {
@@ -309,9 +357,12 @@ static int open_cursors(struct store *s)
     return 0;
 }
 
+/* The store's transaction: a write transaction, or for a read-only store
+ * a read transaction (its reads then see the last checkpoint). */
 static int begin_txn(struct store *s)
 {
-    int rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
+    int rc =
+        mdb_txn_begin(s->env, NULL, s->read_only ? MDB_RDONLY : 0, &s->txn);
     if (rc != 0) {
         s->txn = NULL;
         return map_mdb(rc);
@@ -340,6 +391,13 @@ static int usable(const struct store *s)
     if (s->restoring != NULL)
         return INBOX_EBUSY;
     return 0;
+}
+
+/* usable() for the calls that write: a read-only store refuses them. */
+static int writable(const struct store *s)
+{
+    int rc = usable(s);
+    return rc == 0 && s->read_only ? INBOX_EINVAL : rc;
 }
 
 static int load_inbox(struct store *s, uint32_t shard, const uint8_t *inbox,
@@ -380,14 +438,14 @@ static int load_shard(MDB_txn *txn, MDB_dbi dbi, uint32_t shard,
     MDB_val key = {4, k}, v;
     int rc = mdb_get(txn, dbi, &key, &v);
     if (rc == MDB_NOTFOUND) {
-        *m = (struct shard_meta){0, 0, 0};
+        *m = (struct shard_meta){0, 0, 0, 0};
         return 0;
     }
     if (rc != 0)
         return map_mdb(rc);
-    if (v.mv_size != SHARD_META_BYTES)
+    if (v.mv_size != SHARD_META_BYTES && v.mv_size != SHARD_META_V1_BYTES)
         return INBOX_ECORRUPT;
-    shard_meta_get(v.mv_data, m);
+    shard_meta_get(v.mv_data, v.mv_size, m);
     return 0;
 }
 
@@ -889,8 +947,13 @@ static int apply_entry(struct store *s, const struct store_entry *e, void *arg,
             r.targets_count = s->cmd.targets_count;
         }
     }
+    /* Counted whatever the entry was (command, rejected or undecodable
+     * command, no-op) so that the count depends only on the log: equal on
+     * every replica at the same index (invariant 7). */
+    sm->applied_commands++;
     sm->applied_index = e->index;
     sm->applied_term = e->term;
+    assert(sm->applied_commands <= sm->applied_index);
     if (apply_done != NULL)
         apply_done(arg, &r);
     return 0;
@@ -899,7 +962,7 @@ static int apply_entry(struct store *s, const struct store_entry *e, void *arg,
 int store_apply(struct store *s, const struct store_entry *entries,
                 size_t count, void *arg, store_apply_done_cb apply_done)
 {
-    int rc = usable(s);
+    int rc = writable(s);
     if (rc != 0)
         return rc;
     for (size_t i = 0; i < count; i++) {
@@ -914,7 +977,7 @@ int store_apply(struct store *s, const struct store_entry *entries,
 
 int store_checkpoint(struct store *s)
 {
-    int rc = usable(s);
+    int rc = writable(s);
     if (rc != 0)
         return rc;
     assert(s->sm_used_count == 0);
@@ -954,44 +1017,103 @@ static int check_options(const struct store_options *o)
     return 0;
 }
 
+/* Rewrite every format-1 shard meta (24 bytes) as format 2, in txn: the
+ * count it gains is load_shard()'s reading of a format-1 meta
+ * (applied_commands = applied_index), so the migration changes no value a
+ * reader sees, only the bytes (and so the state hash, equally on every
+ * replica). One record per shard: cheap enough to do at open. */
+static int migrate_v1(MDB_txn *txn, MDB_dbi shard_dbi)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, shard_dbi, &c);
+    if (rc != 0)
+        return map_mdb(rc);
+    MDB_val key, v;
+    rc = mdb_cursor_get(c, &key, &v, MDB_FIRST);
+    while (rc == 0) {
+        if (key.mv_size != 4 || (v.mv_size != SHARD_META_V1_BYTES &&
+                                 v.mv_size != SHARD_META_BYTES)) {
+            mdb_cursor_close(c);
+            return INBOX_ECORRUPT;
+        }
+        if (v.mv_size == SHARD_META_V1_BYTES) {
+            struct shard_meta m;
+            uint8_t nv[SHARD_META_BYTES];
+            shard_meta_get(v.mv_data, v.mv_size, &m);
+            shard_meta_put(nv, &m);
+            v = (MDB_val){sizeof nv, nv};
+            if ((rc = mdb_cursor_put(c, &key, &v, MDB_CURRENT)) != 0)
+                break;
+        }
+        rc = mdb_cursor_get(c, &key, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : map_mdb(rc);
+}
+
+/* Check (or, writable, write) the format version in txn's main database;
+ * a writable open migrates a format-1 store (migrate_v1). */
+static int check_format(struct store *s, MDB_txn *txn, MDB_dbi main_dbi)
+{
+    static char format_key[] = FORMAT_KEY;
+    MDB_val key = {sizeof format_key - 1, format_key}, v;
+    uint8_t fv[4];
+    int rc = mdb_get(txn, main_dbi, &key, &v);
+    if (rc == MDB_NOTFOUND && s->read_only)
+        return INBOX_EFORMAT; /* every store written by store_open has one */
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return map_mdb(rc);
+    uint32_t version = STORE_FORMAT_VERSION;
+    if (rc == 0) {
+        if (v.mv_size != 4)
+            return INBOX_EFORMAT;
+        version = get_u32le(v.mv_data);
+        if (version != STORE_FORMAT_VERSION &&
+            version != STORE_FORMAT_VERSION_V1)
+            return INBOX_EFORMAT;
+        if (version == STORE_FORMAT_VERSION || s->read_only)
+            return 0;
+        if ((rc = migrate_v1(txn, s->dbi[DB_SHARD])) != 0)
+            return rc;
+    }
+    put_u32le(fv, STORE_FORMAT_VERSION);
+    v = (MDB_val){sizeof fv, fv};
+    return map_mdb(mdb_put(txn, main_dbi, &key, &v, 0));
+}
+
 /* Open the sub-databases and check (or write) the format version, in one
- * committed transaction so the handles are usable afterwards. */
+ * committed transaction so the handles are usable afterwards. Read-only,
+ * the sub-databases must exist already. */
 static int open_dbs(struct store *s)
 {
     MDB_txn *txn;
     MDB_dbi main_dbi;
-    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    unsigned create = s->read_only ? 0 : MDB_CREATE;
+    int rc = mdb_txn_begin(s->env, NULL, s->read_only ? MDB_RDONLY : 0, &txn);
     if (rc != 0)
         return map_mdb(rc);
     for (int i = 0; i < DB_COUNT && rc == 0; i++)
-        rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &s->dbi[i]);
+        rc = mdb_dbi_open(txn, db_names[i], create, &s->dbi[i]);
     if (rc == 0)
         rc = mdb_dbi_open(txn, NULL, 0, &main_dbi);
-    if (rc != 0)
-        goto err_after_begin;
-    static char format_key[] = FORMAT_KEY;
-    MDB_val key = {sizeof format_key - 1, format_key}, v;
-    rc = mdb_get(txn, main_dbi, &key, &v);
-    if (rc == MDB_NOTFOUND) {
-        uint8_t fv[4];
-        put_u32le(fv, STORE_FORMAT_VERSION);
-        v = (MDB_val){sizeof fv, fv};
-        rc = mdb_put(txn, main_dbi, &key, &v, 0);
-    } else if (rc == 0 && (v.mv_size != 4 ||
-                           get_u32le(v.mv_data) != STORE_FORMAT_VERSION)) {
-        mdb_txn_abort(txn);
-        return INBOX_EFORMAT;
-    }
-    if (rc != 0)
+    if (rc == MDB_NOTFOUND) /* read-only: a sub-database is missing */
+        rc = INBOX_EFORMAT;
+    else
+        rc = map_mdb(rc);
+    if (rc != 0 || (rc = check_format(s, txn, main_dbi)) != 0)
         goto err_after_begin;
     return map_mdb(mdb_txn_commit(txn));
 
 err_after_begin:
     mdb_txn_abort(txn);
-    return map_mdb(rc);
+    return rc;
 }
 
-static int lock_dir(const char *path, int *fd_out)
+/* Take <path>/store.lock: exclusive for a writer, shared for a read-only
+ * opener, so a reader fails with INBOX_ELOCKED while a node has the store
+ * open and a node cannot open it while a reader has. Read-only, the lock
+ * file must exist (INBOX_ENOTFOUND: not a store), and is not created. */
+static int lock_dir(const char *path, bool read_only, int *fd_out)
 {
     size_t n = strlen(path);
     char *lp = malloc(n + sizeof "/store.lock");
@@ -999,12 +1121,14 @@ static int lock_dir(const char *path, int *fd_out)
         return INBOX_ENOMEM;
     memcpy(lp, path, n);
     memcpy(lp + n, "/store.lock", sizeof "/store.lock");
-    int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int fd = read_only ? open(lp, O_RDONLY | O_CLOEXEC)
+                       : open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int e = errno;
     free(lp);
     if (fd < 0)
-        return -errno;
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
+        return read_only && e == ENOENT ? INBOX_ENOTFOUND : -e;
+    if (flock(fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+        e = errno;
         close(fd);
         return e == EWOULDBLOCK ? INBOX_ELOCKED : -e;
     }
@@ -1012,26 +1136,54 @@ static int lock_dir(const char *path, int *fd_out)
     return 0;
 }
 
+/* The environment's flags. Read-only, LMDB's own lock file is not used
+ * (MDB_NOLOCK): store.lock already keeps every writer out, and so the
+ * open changes no file at all. */
+static int open_env(struct store *s, const struct store_options *o)
+{
+    unsigned flags = MDB_NOTLS;
+    if (s->read_only) {
+        char *dp = malloc(strlen(o->path) + sizeof "/data.mdb");
+        if (dp == NULL)
+            return INBOX_ENOMEM;
+        memcpy(dp, o->path, strlen(o->path));
+        memcpy(dp + strlen(o->path), "/data.mdb", sizeof "/data.mdb");
+        struct stat st;
+        int missing = stat(dp, &st) != 0 && errno == ENOENT;
+        free(dp);
+        if (missing)
+            return INBOX_ENOTFOUND;
+        flags |= MDB_RDONLY | MDB_NOLOCK;
+    }
+    int rc;
+    if ((rc = map_mdb(mdb_env_create(&s->env))) != 0)
+        return rc;
+    if ((rc = map_mdb(mdb_env_set_mapsize(s->env, (size_t)o->map_size))) ||
+        (rc = map_mdb(mdb_env_set_maxdbs(s->env, DB_COUNT + 1))) ||
+        (rc = map_mdb(mdb_env_open(s->env, o->path, flags, 0644)))) {
+        mdb_env_close(s->env);
+        s->env = NULL;
+    }
+    return rc;
+}
+
 int store_open(const struct store_options *o, struct store **out)
 {
     int rc = check_options(o);
     if (rc != 0)
         return rc;
-    if (mkdir(o->path, 0755) != 0 && errno != EEXIST)
+    if (!o->read_only && mkdir(o->path, 0755) != 0 && errno != EEXIST)
         return -errno;
     struct store *s = calloc(1, sizeof *s);
     if (s == NULL)
         return INBOX_ENOMEM;
     s->opt = *o;
     s->opt.path = NULL; /* not owned; not needed after open */
-    if ((rc = lock_dir(o->path, &s->lock_fd)) != 0)
+    s->read_only = o->read_only != 0;
+    if ((rc = lock_dir(o->path, s->read_only, &s->lock_fd)) != 0)
         goto err_after_alloc;
-    if ((rc = map_mdb(mdb_env_create(&s->env))) != 0)
+    if ((rc = open_env(s, o)) != 0)
         goto err_after_lock;
-    if ((rc = map_mdb(mdb_env_set_mapsize(s->env, (size_t)o->map_size))) ||
-        (rc = map_mdb(mdb_env_set_maxdbs(s->env, DB_COUNT + 1))) ||
-        (rc = map_mdb(mdb_env_open(s->env, o->path, MDB_NOTLS, 0644))))
-        goto err_after_env;
     if ((rc = open_dbs(s)) != 0)
         goto err_after_env;
     if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn))))
@@ -1043,8 +1195,7 @@ int store_open(const struct store_options *o, struct store **out)
     return 0;
 
 err_after_rtxn:
-    if (s->txn != NULL)
-        mdb_txn_abort(s->txn);
+    end_txn(s);
     mdb_txn_abort(s->rtxn);
 err_after_env:
     mdb_env_close(s->env);
@@ -1061,8 +1212,7 @@ void store_close(struct store *s)
         return;
     if (s->restoring != NULL)
         store_restore_abort(s->restoring);
-    if (s->txn != NULL)
-        mdb_txn_abort(s->txn);
+    end_txn(s);
     mdb_txn_abort(s->rtxn);
     mdb_env_close(s->env);
     close(s->lock_fd);
@@ -1093,7 +1243,27 @@ int store_applied(struct store *s, uint32_t shard, struct store_shard_info *out)
     struct shard_meta m;
     if (rc != 0 || (rc = shard_now(s, shard, &m)) != 0)
         return rc;
-    *out = (struct store_shard_info){m.applied_index, m.applied_term, m.now_ms};
+    *out = (struct store_shard_info){m.applied_index, m.applied_term, m.now_ms,
+                                     m.applied_commands};
+    return 0;
+}
+
+int store_shard_next(struct store *s, uint32_t from, uint32_t *shard_out)
+{
+    int rc = usable(s);
+    if (rc != 0)
+        return rc;
+    uint8_t k[4];
+    put_u32be(k, from);
+    MDB_val key = {sizeof k, k}, v;
+    rc = mdb_cursor_get(s->cur[DB_SHARD], &key, &v, MDB_SET_RANGE);
+    if (rc == MDB_NOTFOUND)
+        return INBOX_ENOTFOUND;
+    if (rc != 0)
+        return map_mdb(rc);
+    if (key.mv_size != 4)
+        return INBOX_ECORRUPT;
+    *shard_out = get_u32be(key.mv_data);
     return 0;
 }
 
@@ -1480,7 +1650,7 @@ static int clear_shard(MDB_txn *txn, const MDB_dbi *dbi, const uint8_t *prefix)
 int store_restore_begin(struct store *s, uint32_t shard,
                         struct store_restore **out)
 {
-    int rc = usable(s);
+    int rc = writable(s);
     if (rc != 0)
         return rc;
     struct store_restore *r = calloc(1, sizeof *r);
@@ -1530,6 +1700,10 @@ static int restore_records(struct store_restore *r, const uint8_t *p, size_t n)
             vlen > MSG_HEADER_BYTES + INBOX_PAYLOAD_BYTES_MAX ||
             klen + vlen > n || memcmp(p, r->prefix, 4) != 0)
             return INBOX_ECORRUPT;
+        /* A shard meta load_shard() would refuse is refused now. */
+        if (db == DB_SHARD && (klen != 4 || (vlen != SHARD_META_BYTES &&
+                                             vlen != SHARD_META_V1_BYTES)))
+            return INBOX_ECORRUPT;
         MDB_val key = {klen, (void *)p}, v = {vlen, (void *)(p + klen)};
         int rc = mdb_put(r->txn, s->dbi[db], &key, &v, 0);
         if (rc != 0)
@@ -1559,7 +1733,8 @@ int store_restore_chunk(struct store_restore *r, const uint8_t *chunk,
         return r->err;
     int rc = INBOX_ECORRUPT;
     if (r->done || len < SNAP_HEADER_BYTES || get_u32le(chunk) != SNAP_MAGIC ||
-        get_u16le(chunk + 4) != SNAP_VERSION ||
+        (get_u16le(chunk + 4) != SNAP_VERSION &&
+         get_u16le(chunk + 4) != SNAP_VERSION_V1) ||
         (get_u16le(chunk + 6) & ~SNAP_FLAG_LAST) != 0 ||
         get_u32le(chunk + 16) != len - SNAP_HEADER_BYTES ||
         get_u32le(chunk + 20) != 0 ||

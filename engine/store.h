@@ -55,13 +55,23 @@ struct store_options {
         expiry_sweep_messages_max;    /* INBOX_EXPIRY_SWEEP_MESSAGES_DEFAULT */
     uint32_t dedup_prune_records_max; /* INBOX_DEDUP_PRUNE_RECORDS_DEFAULT */
     uint32_t snapshot_chunk_bytes;    /* INBOX_SNAPSHOT_CHUNK_BYTES_DEFAULT */
+    /* Nonzero: open an existing store for reading only (offline tools such
+     * as `inboxctl store verify`). Nothing is created or written, not even
+     * LMDB's lock file; reads see the last checkpoint; store_apply,
+     * store_checkpoint and store_restore_begin answer INBOX_EINVAL. Takes
+     * store.lock shared, so it fails with INBOX_ELOCKED while a writer (a
+     * running node) has the store, and a writer fails while it is open.
+     * INBOX_ENOTFOUND if path holds no store. Default 0. */
+    int read_only;
 };
 
 /* Fill *o with the defaults (path NULL). */
 void store_options_init(struct store_options *o);
 
 /* Open (or create) the store at o->path. INBOX_ELOCKED if another process
- * holds it, INBOX_EFORMAT if it was written by an unknown format version,
+ * holds it, INBOX_EFORMAT if it was written by an unknown format version
+ * (a format-1 store, from before applied_commands, is migrated to format 2
+ * when opened for writing: docs/store.md, "Format versions"),
  * INBOX_EINVAL for bad options, negative errno for system errors. */
 int store_open(const struct store_options *o, struct store **out);
 /* Abort the open transaction (no checkpoint!) and release everything. */
@@ -130,9 +140,22 @@ struct store_shard_info {
     uint64_t applied_index; /* 0 if the shard has never applied anything */
     uint64_t applied_term;
     uint64_t now_ms; /* the shard's clock: max leader time applied so far */
+    /* Entries store_apply applied to the shard: every entry past the replay
+     * guard, whatever it was (a command, accepted or rejected, one that did
+     * not decode, a len-0 no-op), counted in the same transaction as its
+     * apply; part of the shard's state, so hashed and carried by snapshots.
+     * Invariant: applied_commands <= applied_index (each index is applied
+     * at most once). The node hands every raft index to store_apply (leader
+     * no-ops and configuration entries as len 0) or installs it by
+     * snapshot, so for a node's store applied_commands == applied_index;
+     * more means some entry was applied twice. */
+    uint64_t applied_commands;
 };
 int store_applied(struct store *s, uint32_t shard,
                   struct store_shard_info *out);
+/* The first shard >= from that has any state (a shard meta), for walking
+ * every shard: INBOX_ENOTFOUND if there is none. */
+int store_shard_next(struct store *s, uint32_t from, uint32_t *shard_out);
 /* The applied index as of the last completed checkpoint (on disk). */
 int store_durable_index(struct store *s, uint32_t shard, uint64_t *index);
 

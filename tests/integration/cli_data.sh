@@ -3,7 +3,8 @@
 # loopback: enqueue (seqs, dedup by msg id), fetch (table, --after, --json,
 # long-poll --wait), ack, seen set/get, watch, status, route, snapshot and
 # the roles, and the exit codes scripts rely on (0 ok, 1 failed, 2 usage,
-# 3 unreachable/TLS).
+# 3 unreachable/TLS); then `store verify` on the node's data directory
+# (refused while it runs, then per-shard output, --json, errors).
 # usage: cli_data.sh path/to/inboxctl path/to/inboxd
 set -u
 # The --json checks parse with python3; without it the test is reported as
@@ -315,12 +316,57 @@ check "fetch --help documents the payload encoding" 0 "$ctl" fetch --help
 has "fetch --help: base64" "payload_encoding"
 check "cert still works" 0 "$ctl" cert ca --dir "$dir/third"
 
+# ---- store verify (offline): refused while the node runs ---------------------
+check "store verify on a running node" 1 "$ctl" store verify "$data"
+has "store verify: locked" "LOCKED"
+has "store verify: says why" "is inboxd running"
+
 # inboxd stops cleanly, and nothing went wrong inside it meanwhile.
 kill -TERM "$pid"
 wait_bg "$pid" 10
 pid=""
 if [ "$bg_rc" -eq 0 ]; then pass; else fail "inboxd exit $bg_rc after SIGTERM, wanted 0"; fi
 if grep -q "Sanitizer\|runtime error:" "$dir/inboxd.log"; then fail "inboxd sanitizer report"; else pass; fi
+
+# ---- store verify on the stopped node ---------------------------------------
+check "store verify" 0 "$ctl" store verify "$data"
+has "store verify: header" "SHARD  *APPLIED_INDEX  *APPLIED_TERM  *APPLIED_COMMANDS  *STATE_HASH  *CHECK"
+has "store verify: a shard ok" " ok$"
+has "store verify: summary" "violations=0"
+check "store verify --json" 0 "$ctl" store verify "$data" --json
+json_parses "store verify --json"
+json_true "store verify --json: fields" 'd["ok"] and d["violations"] == 0 and d["exit"] == 0 and len(d["shards"]) > 0 and all(set(s) >= {"shard", "applied_index", "applied_term", "applied_commands", "state_hash", "ok"} and len(s["state_hash"]) == 16 for s in d["shards"])'
+json_true "store verify --json: each index applied once" 'all(s["applied_commands"] == s["applied_index"] > 0 and s["ok"] for s in d["shards"])'
+check "store verify, --json first" 0 "$ctl" --json store verify "$data"
+json_parses "store verify, --json first"
+# A shard applied more than once: its meta rewritten (index 2, 5 commands)
+# with LMDB's own mdb_load, when installed.
+if command -v mdb_load >/dev/null 2>&1; then
+  cp -r "$data" "$dir/bad"
+  printf 'VERSION=3\nformat=bytevalue\ntype=btree\nHEADER=END\n 00000000\n %s\nDATA=END\n' \
+    0200000000000000010000000000000000000000000000000500000000000000 |
+    mdb_load -s shard "$dir/bad/store"
+  check "store verify: a violation is exit 4" 4 "$ctl" store verify "$dir/bad"
+  has "store verify: the violation named" "shard 0: applied_commands 5 > applied_index 2"
+  has "store verify: the row says so" "VIOLATED"
+  check "store verify: a violation --json" 4 "$ctl" store verify "$dir/bad" --json
+  json_true "store verify: the violation as JSON" 'not d["ok"] and d["violations"] == 1 and d["exit"] == 4 and [s["shard"] for s in d["shards"] if not s["ok"]] == [0]'
+fi
+check "store verify: missing DATA_DIR" 1 "$ctl" store verify "$dir/nope"
+has "store verify: missing DATA_DIR named" "$dir/nope: No such file or directory"
+check "store verify: missing DATA_DIR --json" 1 "$ctl" store verify "$dir/nope" --json
+json_true "store verify: missing DATA_DIR as JSON" 'd["error"] == "NOTFOUND" and d["exit"] == 1'
+check "store verify: not a data dir" 1 "$ctl" store verify "$dir/other"
+has "store verify: no store there" "holds no inboxd store"
+check "store verify: not a data dir --json" 1 "$ctl" store verify "$dir/other" --json
+json_true "store verify: no store as JSON" 'd["error"] == "NOTFOUND" and d["exit"] == 1 and d["shards"] == []'
+check "store verify: no DATA_DIR" 2 "$ctl" store verify
+has "store verify: no DATA_DIR named" "missing DATA_DIR"
+check "store verify: wrong flag" 2 "$ctl" store verify "$data" --bogus
+has "store verify: wrong flag named" "bogus"
+check "store verify --help" 0 "$ctl" store verify --help
+has "store verify --help: invariant" "applied_commands <= applied_index"
+check "store alone" 2 "$ctl" store
 
 if [ "$fails" -gt 0 ]; then
   echo "inboxd log (tail):"

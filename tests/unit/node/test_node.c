@@ -725,6 +725,41 @@ static void test_crash_replay(void **state)
     fixture_free(f);
 }
 
+/* Each shard of the stopped node's store, opened read-only as
+ * `inboxctl store verify` does: every raft index reaches store_apply once
+ * (or comes by snapshot), so applied_commands must equal applied_index.
+ * The last shard's info and state hash are left in *last and *hash. */
+static void expect_applied_once(struct fixture *f, uint32_t shards,
+                                struct store_shard_info *last, uint64_t *hash)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/store", f->dir);
+    struct store_options so;
+    store_options_init(&so);
+    so.path = path;
+    so.map_size = f->o.store_map_bytes;
+    so.read_only = 1;
+    struct store *st;
+    assert_int_equal(store_open(&so, &st), 0);
+    for (uint32_t s = 0; s < shards; s++) {
+        struct store_shard_info si;
+        assert_int_equal(store_applied(st, s, &si), 0);
+        assert_int_equal(store_state_hash(st, s, hash), 0);
+        if (si.applied_commands != si.applied_index)
+            fprintf(stderr,
+                    "node %llu shard %u: applied_commands %llu != "
+                    "applied_index %llu: %lld entries applied twice\n",
+                    (unsigned long long)f->o.node_id, s,
+                    (unsigned long long)si.applied_commands,
+                    (unsigned long long)si.applied_index,
+                    (long long)(si.applied_commands - si.applied_index));
+        assert_true(si.applied_index > 0);
+        assert_true(si.applied_commands == si.applied_index);
+        *last = si;
+    }
+    store_close(st);
+}
+
 /* ---- checkpoints release the WAL ---------------------------------------- */
 
 static void test_checkpoint_releases_segments(void **state)
@@ -1430,6 +1465,64 @@ static void test_three_nodes_replicate_and_fail_over(void **state)
     assert_true(l3 != l2);
     expect_inbox(cl->f[l3], inbox, 30);
     cl_open(cl, l2);
+    cl_free(cl);
+}
+
+/* A leader that keeps log entries for a follower that is down (retain)
+ * has committed entries in its WAL below its store's checkpoint; when it
+ * crashes and restarts, raft hands them to the store again and the
+ * store's replay guard must skip them: each index applied once, which
+ * the store's applied_commands records. No client can see a second
+ * apply (every command is idempotent under the msg-id dedup window), so
+ * this is the check that fails under
+ * -DINBOX_PLANT=DOUBLE_APPLY_AFTER_RESTART (jepsen/README.md). */
+static void test_restart_replay_applies_once(void **state)
+{
+    (void)state;
+    struct cluster *cl = cl_new_opts(1, 1000, 0);
+    const char *inbox = "once";
+    uint64_t l = cl_leader(cl, 0);
+    uint64_t down = l % CL_NODES + 1u, other = down % CL_NODES + 1u;
+    if (other == l)
+        other = other % CL_NODES + 1u;
+    enqueue_n(cl->f[l], inbox, 1, 5);
+    cl_wait_applied(cl, 0, 6);
+    cl_crash(cl, down); /* the leader retains entries from here for it */
+    enqueue_n(cl->f[l], inbox, 6, 30);
+    assert_int_equal(node_checkpoint(cl->f[l]->n), 0);
+    enqueue_n(cl->f[l], inbox, 31, 40); /* applied, not checkpointed */
+    struct node_shard_status st;
+    assert_int_equal(node_status(cl->f[l]->n, 0, &st), 0);
+    uint64_t applied = st.applied;
+    assert_true(st.released < applied - 10u); /* the WAL kept them */
+    cl_crash(cl, l);
+    cl_open(cl, l); /* with `other`, a majority again */
+    cl_wait_applied(cl, 0, applied);
+    uint64_t l2 = cl_leader(cl, 0);
+    expect_inbox(cl->f[l2], inbox, 40);
+    /* Bring the third node back and let it catch up, then stop all three:
+     * every store applied each index once, and stores at the same index
+     * hold the same state (the count included). */
+    cl_open(cl, down);
+    enqueue_n(cl->f[l2], inbox, 41, 41);
+    assert_int_equal(node_status(cl->f[l2]->n, 0, &st), 0);
+    cl_wait_applied(cl, 0, st.applied);
+    uint64_t hash[CL_NODES + 1u], index[CL_NODES + 1u];
+    for (uint64_t id = 1; id <= CL_NODES; id++) {
+        pthread_mutex_lock(&cl->mu);
+        cl->live[id] = NULL;
+        pthread_mutex_unlock(&cl->mu);
+        node_close(cl->f[id]->n); /* graceful: checkpoints */
+        cl->f[id]->n = NULL;
+    }
+    for (uint64_t id = 1; id <= CL_NODES; id++) {
+        struct store_shard_info si;
+        expect_applied_once(cl->f[id], 1, &si, &hash[id]);
+        index[id] = si.applied_index;
+    }
+    for (uint64_t id = 2; id <= CL_NODES; id++)
+        if (index[id] == index[1])
+            assert_true(hash[id] == hash[1]);
     cl_free(cl);
 }
 
@@ -2254,6 +2347,7 @@ int main(void)
         cmocka_unit_test(test_power_loss_after_checkpoint),
         cmocka_unit_test(test_close_with_inflight),
         cmocka_unit_test(test_three_nodes_replicate_and_fail_over),
+        cmocka_unit_test(test_restart_replay_applies_once),
         cmocka_unit_test(test_isolated_leader_cannot_commit),
         cmocka_unit_test(test_lease_reads),
         cmocka_unit_test(test_snapshot_catch_up),

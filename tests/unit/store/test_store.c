@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include <cmocka.h>
+#include <lmdb.h>
 
 #include "inbox/endian.h"
 #include "store_harness.h"
@@ -646,6 +647,197 @@ static void test_second_open_is_locked(void **state)
     h_free(h);
 }
 
+/* ---- applied_commands ---------------------------------------------------- */
+
+static uint64_t applied_commands(struct harness *h, uint32_t shard)
+{
+    struct store_shard_info si;
+    assert_int_equal(store_applied(h->s, shard, &si), 0);
+    assert_true(si.applied_commands <= si.applied_index);
+    return si.applied_commands;
+}
+
+/* Every entry past the replay guard is counted once, whatever it was;
+ * replayed ones are not; the count is durable at a checkpoint, lost with
+ * the open transaction in a crash like everything else, and part of the
+ * state hash. */
+static void test_applied_commands_counted_once(void **state)
+{
+    (void)state;
+    struct harness *h = h_new();
+    static struct workload w;
+    make_workload(&w, 1);
+    assert_int_equal(applied_commands(h, 1), 0);
+    assert_int_equal(store_apply(h->s, w.e, 10, NULL, NULL), 0);
+    assert_int_equal(applied_commands(h, 1), 10);
+    assert_int_equal(applied_commands(h, 2), 0); /* per shard */
+    /* Rejected, undecodable and no-op entries count too. */
+    h->next_index[1] = 11;
+    static const uint8_t junk[] = {9, 9, 9};
+    assert_int_equal(h_apply_bytes(h, 1, junk, sizeof junk), 0);
+    assert_int_equal(h_apply_bytes(h, 1, NULL, 0), 0);
+    assert_int_equal(h_ack(h, 1, "u0", 5000, 999), INBOX_EACK_BEYOND_LAST);
+    assert_int_equal(applied_commands(h, 1), 13);
+    /* Replays (index <= applied) are skipped and not counted. */
+    uint64_t hash = h_hash(h, 1);
+    assert_int_equal(store_apply(h->s, w.e, 13, NULL, NULL), 0);
+    assert_int_equal(applied_commands(h, 1), 13);
+    assert_true(h_hash(h, 1) == hash);
+    /* An index gap: counted once, so below the applied index. */
+    struct store_entry e = {1, 20, 1, NULL, 0};
+    assert_int_equal(store_apply(h->s, &e, 1, NULL, NULL), 0);
+    struct store_shard_info si;
+    assert_int_equal(store_applied(h->s, 1, &si), 0);
+    assert_int_equal(si.applied_index, 20);
+    assert_int_equal(si.applied_commands, 14);
+    /* Durable at a checkpoint; a crash rolls it back with the rest, and
+     * replaying the WAL counts each lost entry once. */
+    assert_int_equal(store_checkpoint(h->s), 0);
+    struct store_entry more[2] = {{1, 21, 1, NULL, 0}, {1, 22, 1, NULL, 0}};
+    assert_int_equal(store_apply(h->s, more, 2, NULL, NULL), 0);
+    assert_int_equal(applied_commands(h, 1), 16);
+    assert_int_equal(h_reopen(h), 0);
+    assert_int_equal(applied_commands(h, 1), 14);
+    assert_int_equal(store_apply(h->s, w.e, 13, NULL, NULL), 0);
+    assert_int_equal(store_apply(h->s, &e, 1, NULL, NULL), 0);
+    assert_int_equal(store_apply(h->s, more, 2, NULL, NULL), 0);
+    assert_int_equal(applied_commands(h, 1), 16);
+    h_free(h);
+}
+
+/* Two shards equal but for the count (same index, term and clock, no
+ * inbox) hash differently. */
+static void test_applied_commands_in_state_hash(void **state)
+{
+    (void)state;
+    struct harness *a = h_new(), *b = h_new();
+    struct store_entry two[2] = {{1, 1, 1, NULL, 0}, {1, 2, 1, NULL, 0}};
+    assert_int_equal(store_apply(a->s, two, 2, NULL, NULL), 0);
+    assert_int_equal(store_apply(b->s, &two[1], 1, NULL, NULL), 0);
+    struct store_shard_info sa, sb;
+    assert_int_equal(store_applied(a->s, 1, &sa), 0);
+    assert_int_equal(store_applied(b->s, 1, &sb), 0);
+    assert_int_equal(sa.applied_index, sb.applied_index);
+    assert_int_equal(sa.applied_term, sb.applied_term);
+    assert_int_equal(sa.now_ms, sb.now_ms);
+    assert_int_equal(sa.applied_commands, 2);
+    assert_int_equal(sb.applied_commands, 1);
+    assert_true(h_hash(a, 1) != h_hash(b, 1));
+    h_free(b);
+    h_free(a);
+}
+
+/* A read-only open sees the last checkpoint, writes nothing, refuses
+ * writes, and is kept out while a writer holds the store (and keeps a
+ * writer out). Not a store: NOTFOUND. */
+static void test_read_only_open(void **state)
+{
+    (void)state;
+    struct harness *h = h_new();
+    static struct workload w;
+    make_workload(&w, 3);
+    assert_int_equal(store_apply(h->s, w.e, 12, NULL, NULL), 0);
+    assert_int_equal(store_checkpoint(h->s), 0);
+    assert_int_equal(store_apply(h->s, w.e + 12, 3, NULL, NULL), 0);
+    uint64_t hash12 = 0;
+    struct store_options o = h->opt;
+    o.read_only = 1;
+    struct store *ro;
+    assert_int_equal(store_open(&o, &ro), INBOX_ELOCKED); /* writer open */
+    assert_int_equal(h_reopen(h), 0); /* a crash: back at index 12 */
+    hash12 = h_hash(h, 3);
+    store_close(h->s);
+    h->s = NULL;
+    assert_int_equal(store_open(&o, &ro), 0);
+    struct store *rw;
+    assert_int_equal(store_open(&h->opt, &rw), INBOX_ELOCKED);
+    struct store_shard_info si;
+    assert_int_equal(store_applied(ro, 3, &si), 0);
+    assert_int_equal(si.applied_index, 12);
+    assert_int_equal(si.applied_commands, 12);
+    uint64_t hash;
+    assert_int_equal(store_state_hash(ro, 3, &hash), 0);
+    assert_true(hash == hash12);
+    uint32_t shard = 99;
+    assert_int_equal(store_shard_next(ro, 0, &shard), 0);
+    assert_int_equal(shard, 3);
+    assert_int_equal(store_shard_next(ro, 4, &shard), INBOX_ENOTFOUND);
+    assert_int_equal(store_apply(ro, w.e + 12, 1, NULL, NULL), INBOX_EINVAL);
+    assert_int_equal(store_checkpoint(ro), INBOX_EINVAL);
+    struct store_restore *r;
+    assert_int_equal(store_restore_begin(ro, 3, &r), INBOX_EINVAL);
+    assert_int_equal(store_applied(ro, 3, &si), 0); /* still usable */
+    store_close(ro);
+    /* Not a store: a directory without one, and no directory at all. */
+    char empty[300];
+    snprintf(empty, sizeof empty, "%s/empty", h->dir);
+    assert_int_equal(mkdir(empty, 0755), 0);
+    o.path = empty;
+    assert_int_equal(store_open(&o, &ro), INBOX_ENOTFOUND);
+    assert_int_equal(rmdir(empty), 0);
+    assert_int_equal(store_open(&o, &ro), INBOX_ENOTFOUND);
+    assert_int_equal(h_open(h), 0);
+    h_free(h);
+}
+
+/* A format-1 store (24-byte shard metas, no count) still opens: read-only
+ * as it is, writable migrated to format 2; either way its count reads as
+ * its applied index. */
+static void test_format1_store_migrates(void **state)
+{
+    (void)state;
+    struct harness *h = h_new();
+    static struct workload w;
+    make_workload(&w, 1);
+    assert_int_equal(store_apply(h->s, w.e, 7, NULL, NULL), 0);
+    assert_int_equal(store_checkpoint(h->s), 0);
+    store_close(h->s);
+    h->s = NULL;
+    /* Rewrite it as format 1 would have written it. */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi main_dbi, shard_dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+    assert_int_equal(mdb_env_open(env, h->dir, 0, 0644), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, NULL, 0, &main_dbi), 0);
+    assert_int_equal(mdb_dbi_open(txn, "shard", 0, &shard_dbi), 0);
+    char fk[] = "inboxd.store.format";
+    uint8_t fv[4] = {1, 0, 0, 0}, sk[4] = {0, 0, 0, 1};
+    MDB_val k = {sizeof fk - 1, fk}, v = {4, fv};
+    assert_int_equal(mdb_put(txn, main_dbi, &k, &v, 0), 0);
+    k = (MDB_val){4, sk};
+    assert_int_equal(mdb_get(txn, shard_dbi, &k, &v), 0);
+    assert_int_equal(v.mv_size, 32);
+    uint8_t meta[24];
+    memcpy(meta, v.mv_data, 24);
+    v = (MDB_val){24, meta};
+    assert_int_equal(mdb_put(txn, shard_dbi, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    struct store_options o = h->opt;
+    o.read_only = 1;
+    struct store *ro;
+    assert_int_equal(store_open(&o, &ro), 0);
+    struct store_shard_info si;
+    assert_int_equal(store_applied(ro, 1, &si), 0);
+    assert_int_equal(si.applied_index, 7);
+    assert_int_equal(si.applied_commands, 7);
+    store_close(ro);
+    assert_int_equal(h_open(h), 0); /* migrates */
+    assert_int_equal(applied_commands(h, 1), 7);
+    assert_int_equal(store_apply(h->s, w.e + 7, 3, NULL, NULL), 0);
+    assert_int_equal(applied_commands(h, 1), 10);
+    /* The same hash as a store that counted from the start. */
+    struct harness *g = h_new();
+    assert_int_equal(store_apply(g->s, w.e, 10, NULL, NULL), 0);
+    assert_true(h_hash(h, 1) == h_hash(g, 1));
+    h_free(g);
+    h_free(h);
+}
+
 /* ---- snapshot / restore -------------------------------------------------- */
 
 struct stream {
@@ -794,6 +986,44 @@ static void test_snapshot_restore_roundtrip(void **state)
     stream_free(&st);
 }
 
+/* A snapshot carries the count as it is, not recomputed from the index:
+ * a source whose count is below its index (an index gap) gives a fresh
+ * store and a stale one (with a count of its own) exactly its count. */
+static void test_applied_commands_snapshot(void **state)
+{
+    (void)state;
+    struct harness *src = h_new();
+    src->next_index[1] = 6; /* indexes 1-5 never reach this store */
+    fill(src, 1, 40, 0);
+    assert_int_equal(store_checkpoint(src->s), 0);
+    struct store_shard_info want;
+    assert_int_equal(store_applied(src->s, 1, &want), 0);
+    assert_true(want.applied_commands < want.applied_index);
+    struct stream st;
+    stream_take(src, 1, &st);
+    struct harness *fresh = h_new(), *stale = h_new();
+    fill(stale, 1, 20, 0); /* 20 enqueues, 2 acks, 2 seen-sets */
+    assert_int_equal(applied_commands(stale, 1), 24);
+    struct harness *dsts[2] = {fresh, stale};
+    for (int i = 0; i < 2; i++) {
+        struct harness *d = dsts[i];
+        assert_int_equal(stream_restore(d, 1, &st, st.n), 0);
+        struct store_shard_info si;
+        assert_int_equal(store_applied(d->s, 1, &si), 0);
+        assert_int_equal(si.applied_index, want.applied_index);
+        assert_int_equal(si.applied_commands, want.applied_commands);
+        assert_true(h_hash(d, 1) == h_hash(src, 1));
+        /* and counts on from there */
+        d->next_index[1] = src->next_index[1];
+        assert_int_equal(h_seen(d, 1, "user1", 10000, 1), 0);
+        assert_int_equal(applied_commands(d, 1), want.applied_commands + 1);
+    }
+    h_free(stale);
+    h_free(fresh);
+    h_free(src);
+    stream_free(&st);
+}
+
 static void test_snapshot_corruption_refused(void **state)
 {
     (void)state;
@@ -937,8 +1167,13 @@ int main(void)
         cmocka_unit_test(test_map_full_is_sticky),
         cmocka_unit_test(test_failed_checkpoint_is_sticky),
         cmocka_unit_test(test_second_open_is_locked),
+        cmocka_unit_test(test_applied_commands_counted_once),
+        cmocka_unit_test(test_applied_commands_in_state_hash),
+        cmocka_unit_test(test_read_only_open),
+        cmocka_unit_test(test_format1_store_migrates),
         cmocka_unit_test(test_mixed_shard_batch),
         cmocka_unit_test(test_snapshot_restore_roundtrip),
+        cmocka_unit_test(test_applied_commands_snapshot),
         cmocka_unit_test(test_snapshot_corruption_refused),
         cmocka_unit_test(test_snapshot_on_another_thread),
     };
