@@ -32,6 +32,19 @@ completion (by process id), and checks, per inbox:
                  it was invoked
   seen-phantom   a seen_get value that no seen_set ever asked for
 
+and, when run.py recorded RUNDIR/replicas.json (each node's `inboxctl store
+verify` after the run, the cluster converged and frozen):
+
+  replica-divergence  two nodes at the same applied index of a shard hold
+                 different state (state hash) or counted a different number
+                 of applied commands: one applied something the other did
+                 not, or applied an entry twice
+  apply-count    a node's store counted a different number of applied
+                 entries than its applied index (more: an index applied
+                 twice)
+  replica-verify a node's store could not be read, or was not at the
+                 index the cluster converged on
+
 "info" operations (outcome unknown) impose nothing on what follows but may
 take effect at any time; the duplicate check is what proves they took
 effect at most once. Writes RUNDIR/results.json and RUNDIR/summary.txt,
@@ -417,7 +430,7 @@ def plot(rundir, tl, faults, t_base):
         for row in tl:
             f.write(" ".join("%.3f" % x for x in row) + "\n")
     shades = []
-    colors = {"kill": "#ffb0b0", "pause": "#b0c8ff", "isolate": "#ffe0a0",
+    colors = {"kill": "#ffb0b0", "crash": "#ff7070", "pause": "#b0c8ff", "isolate": "#ffe0a0",
               "bridge": "#d0ffb0", "oneway": "#e0b0ff", "halves": "#ffd0a0",
               "transfer": "#c0f0f0", "truncate": "#ff9090",
               "bitflip": "#ff90c0", "skew": "#f0f090", "member": "#b0b0b0"}
@@ -446,8 +459,8 @@ def plot(rundir, tl, faults, t_base):
         "set xlabel 'seconds'", "set grid",
     ] + shades + [
         "set ylabel 'ops/s'",
-        "set title 'throughput (faults shaded: kill red, pause blue, "
-        "isolate orange, bridge green, oneway purple)'",
+        "set title 'throughput (each fault shaded, labelled with its kind "
+        "and node)'",
         "plot '%s' u 1:2 w l lw 2 t 'ok', '' u 1:3 w l t 'fail', "
         "'' u 1:4 w l t 'info'" % dat,
         "set ylabel 'ms'", "set logscale y", "set title 'latency of ok ops'",
@@ -462,6 +475,68 @@ def plot(rundir, tl, faults, t_base):
     if r.returncode != 0:
         return "failed: " + r.stderr.strip()[:300]
     return out
+
+
+# ---- replicas (white-box, after the run) ----------------------------------------
+
+
+def check_replicas(rep):
+    """rep: {"converged": {shard: applied index}, "nodes": {id: the JSON
+    of `inboxctl store verify --json`}}. Returns (anomalies {kind: [..]},
+    a one-line summary)."""
+    out = collections.defaultdict(list)
+    conv = {int(k): v for k, v in (rep.get("converged") or {}).items()}
+    by_shard = collections.defaultdict(dict)
+    for nid, v in sorted(rep.get("nodes", {}).items()):
+        if not isinstance(v, dict) or v.get("error") or "shards" not in v:
+            out["replica-verify"].append({
+                "kind": "replica-verify", "node": nid,
+                "msg": "node %s: store not verified: %s" % (
+                    nid, (v or {}).get("message", v) if isinstance(v, dict)
+                    else v)})
+            continue
+        for sh in v["shards"]:
+            by_shard[sh["shard"]][nid] = sh
+            # A node hands every raft index to its store once (no-ops and
+            # conf entries too) or installs it by snapshot: the count is
+            # the index (docs/store.md, applied_commands).
+            if sh["applied_commands"] != sh["applied_index"]:
+                out["apply-count"].append({
+                    "kind": "apply-count", "node": nid, "shard": sh["shard"],
+                    "msg": "node %s shard %d: %d entries applied by index "
+                           "%d" % (nid, sh["shard"], sh["applied_commands"],
+                                   sh["applied_index"])})
+    compared = 0
+    for shard, per in sorted(by_shard.items()):
+        want = conv.get(shard)
+        if want is not None:
+            for nid, sh in sorted(per.items()):
+                if sh["applied_index"] != want:
+                    out["replica-verify"].append({
+                        "kind": "replica-verify", "node": nid,
+                        "shard": shard,
+                        "msg": "node %s shard %d: store at index %d, the "
+                               "cluster converged on %d" % (
+                                   nid, shard, sh["applied_index"], want)})
+        groups = collections.defaultdict(dict)
+        for nid, sh in per.items():
+            groups[sh["applied_index"]][nid] = sh
+        for idx, g in sorted(groups.items()):
+            if len(g) < 2:
+                continue
+            compared += 1
+            states = {(sh["state_hash"], sh["applied_commands"])
+                      for sh in g.values()}
+            if len(states) > 1:
+                out["replica-divergence"].append({
+                    "kind": "replica-divergence", "shard": shard,
+                    "msg": "shard %d at index %d: %s" % (shard, idx, ", ".join(
+                        "node %s hash %s commands %d" % (
+                            nid, sh["state_hash"], sh["applied_commands"])
+                        for nid, sh in sorted(g.items())))})
+    summary = "replicas: %d node(s), %d shard(s) compared at equal indexes" % (
+        len(rep.get("nodes", {})), compared)
+    return out, summary
 
 
 # ---- entry points -------------------------------------------------------------
@@ -492,6 +567,13 @@ def check_run(rundir, extra=None):
     if pair_errors:
         anomalies["history"] = {"count": len(pair_errors),
                                 "examples": pair_errors[:ANOMALIES_KEPT]}
+    replicas_line = None
+    rp = os.path.join(rundir, "replicas.json")
+    if os.path.exists(rp):
+        with open(rp) as f:
+            rep_anoms, replicas_line = check_replicas(json.load(f))
+        for k, v in sorted(rep_anoms.items()):
+            anomalies[k] = {"count": len(v), "examples": v[:ANOMALIES_KEPT]}
     valid = not anomalies and not (extra or {}).get("node_crashes")
     tl = timeline(ops, t_base, t_end)
     plots = plot(rundir, tl, faults, t_base)
@@ -537,6 +619,9 @@ def check_run(rundir, extra=None):
         lines.append("  %7.2f-%7.2fs %-8s node %s  %6.0f ok/s  %s" % (
             f["start_s"], f["end_s"], f["kind"], f.get("node"),
             f["ok_per_s"], f.get("shape", f.get("why", ""))))
+    if replicas_line:
+        lines.append(replicas_line)
+        res["replicas"] = replicas_line
     if anomalies:
         lines.append("ANOMALIES:")
         for k, v in anomalies.items():

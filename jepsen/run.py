@@ -9,6 +9,8 @@ schedule of faults (the nemesis):
 
   kill       kill -9 a node (often the leader of a hot inbox's shard), then
              restart it on the same data directory
+  crash      kill -9 a majority one node at a time, the target last, then
+             restart them all
   pause      SIGSTOP a node, then SIGCONT
   isolate    cut one node from both peers, in both directions
   bridge     cut the two other nodes from each other; the bridge node still
@@ -66,7 +68,8 @@ NET = "10.77.0"
 ROOT_IP = NET + ".254"
 PORT = 7420
 HOT_INBOX = "hot-0"
-FAULT_KINDS = ("kill", "pause", "isolate", "bridge", "oneway", "halves",
+FAULT_KINDS = ("kill", "crash", "pause", "isolate", "bridge", "oneway",
+               "halves",
                "transfer", "truncate", "bitflip", "skew", "member")
 DEFAULT_FAULTS = "kill,pause,isolate,bridge,oneway"
 FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
@@ -299,8 +302,15 @@ class Cluster:
             if p.poll() is not None:
                 self.logs[i].flush()
                 with open(os.path.join(self.rundir, "n%d.log" % i)) as f:
-                    tail = f.read().splitlines()[-3:]
-                return p.returncode, " | ".join(tail)
+                    lines = f.read().splitlines()
+                # The reason: the last error with a detail, if any.
+                errs = [x for x in lines if "level=error" in x]
+                errs = [x for x in errs if 'detail="' in x] or errs or \
+                    lines[-1:] or ["no log"]
+                why = errs[-1]
+                if 'detail="' in why:
+                    why = why.split('detail="', 1)[1].split('"', 1)[0]
+                return p.returncode, why
             time.sleep(0.05)
         return None
 
@@ -369,6 +379,47 @@ class Cluster:
             return lid if lid in NODES else None
         except (ValueError, KeyError, IndexError, TypeError):
             return None
+
+    def shard_applied(self):
+        """{shard: {node: applied}} from `cluster status --shards`, or None
+        when a node is unreachable."""
+        r = self.ctl(["cluster", "status", "--shards", "--json"],
+                     timeout_ms=3000)
+        try:
+            st = json.loads(r.stdout)
+            return {sh_["shard"]: {int(k): v for k, v in
+                                   sh_["applied"].items()}
+                    for sh_ in st["shards"]}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def wait_caught_up(self, i, seconds):
+        """Seconds until node i has applied, in every shard, what the most
+        advanced replica had applied when this was called; None if it has
+        not within `seconds`."""
+        t0 = time.monotonic()
+        goal = None
+        while time.monotonic() - t0 < seconds:
+            m = self.shard_applied()
+            if m and goal is None:
+                goal = {s_: max(v.values()) for s_, v in m.items() if v}
+            if m and goal and all(m.get(s_, {}).get(i, -1) >= g
+                                  for s_, g in goal.items()):
+                return time.monotonic() - t0
+            time.sleep(0.2)
+        return None
+
+    def wait_converged(self, seconds):
+        """Waits (no writes running) until every node has applied the same
+        index in every shard; returns that map or None."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            m = self.shard_applied()
+            if m and all(len(v) == len(NODES) and len(set(v.values())) == 1
+                         for v in m.values()):
+                return m
+            time.sleep(0.3)
+        return None
 
     def wait_settled(self, seconds):
         deadline = time.monotonic() + seconds
@@ -459,6 +510,19 @@ class Nemesis:
         if kind == "kill":
             self.c.kill(n)
             self.down.add(n)
+        elif kind == "crash":
+            # A majority dies one by one, 0.5-1.5 s apart, the target (often
+            # a leader) last: by then leaders have kept log entries for the
+            # dead followers across a checkpoint, so restarts replay
+            # entries their stores already hold.
+            victims = self.rng.sample(others, len(NODES) // 2) + [n]
+            for k, v in enumerate(victims):
+                if k:
+                    time.sleep(self.rng.uniform(0.5, 1.5))
+                self.c.kill(v)
+                self.down.add(v)
+            rec["victims"] = victims
+            rec["shape"] = "killed %s in that order" % victims
         elif kind == "pause":
             self.c.pause(n)
         elif kind == "isolate":
@@ -571,12 +635,32 @@ class Nemesis:
                              "log (exit %d: %s)" % (n, res[0], res[1]))
         if "backup" in rec:
             os.unlink(rec.pop("backup")[1])
+        self.catch_up(rec)
+
+    def catch_up(self, rec):
+        """A node back from damage or re-added must catch up: within 30 s
+        it must reach what the most advanced replica had applied when it
+        came back, or that is a finding (a stuck follower)."""
+        n = rec["node"]
+        if not self.c.alive(n):
+            return
+        dt = self.c.wait_caught_up(n, 30.0)
+        if dt is None:
+            rec["outcome"] = rec.get("outcome", "") + "; NOT caught up in 30 s"
+            self.finding(rec, "node %d did not catch up within 30 s" % n)
+        else:
+            rec["outcome"] = rec.get("outcome", "") + \
+                "; caught up in %.1f s" % dt
 
     def heal(self, rec):
         kind = rec["kind"]
         if kind == "kill":
             self.c.start(rec["node"])
             self.down.discard(rec["node"])
+        elif kind == "crash":
+            for v in rec["victims"]:
+                self.c.start(v)
+                self.down.discard(v)
         elif kind in ("truncate", "bitflip"):
             self.restart_damaged(rec)
             self.down.discard(rec["node"])
@@ -593,6 +677,8 @@ class Nemesis:
             if r.returncode != 0:
                 self.finding(rec, "cluster add-node %d failed (exit %d): %s"
                              % (n, r.returncode, r.stderr.strip()[-300:]))
+            else:
+                self.catch_up(rec)
         elif kind == "pause":
             self.c.resume(rec["node"])
         elif kind == "transfer":
@@ -796,7 +882,46 @@ def run(a, rundir, tmp):
         raise HarnessError("drain failed: %s" % r.stderr.strip())
     t_end = time.monotonic_ns()
     c.check_crashes(set())
+    verify_replicas(c, rundir)
     return c, nem, t_start, t_end
+
+
+def verify_replicas(c, rundir):
+    """The white-box check: once every node has applied the same index in
+    every shard, freeze them all at once (SIGSTOP, then SIGKILL: no
+    election can add an entry in between), and read each node's store with
+    `inboxctl store verify`. check.py compares them (replicas.json)."""
+    conv = c.wait_converged(30)
+    if conv is None:
+        raise HarnessError("the nodes did not converge on one applied index "
+                           "per shard within 30 s of the drain")
+    # A store shows its last checkpoint (docs/store.md): checkpoint every
+    # node, then make sure nothing was applied since.
+    for i in NODES:
+        r = c.ctl(["snapshot", "--node", str(i)], timeout_ms=10000)
+        if r.returncode != 0:
+            raise HarnessError("inboxctl snapshot --node %d: exit %d: %s" %
+                               (i, r.returncode, r.stderr.strip()))
+    if c.wait_converged(10) != conv:
+        raise HarnessError("the cluster applied entries after it converged "
+                           "(an election?); replicas not compared")
+    for i in NODES:
+        c.pause(i)
+    for i in NODES:
+        c.kill(i)
+    rep = {"converged": {str(s_): min(v.values()) for s_, v in conv.items()},
+           "nodes": {}}
+    for i in NODES:
+        r = sh([c.inboxctl, "store", "verify", c.data_dir(i), "--json"],
+               timeout=60, check_rc=False)
+        try:
+            rep["nodes"][str(i)] = json.loads(r.stdout)
+        except ValueError:
+            rep["nodes"][str(i)] = {"error": "exit %d" % r.returncode,
+                                    "message": (r.stdout + r.stderr)[-500:]}
+    with open(os.path.join(rundir, "replicas.json"), "w") as f:
+        json.dump(rep, f, indent=1)
+    log("replicas verified (%d shards converged)" % len(conv))
 
 
 RUN_STATE = {}

@@ -195,5 +195,72 @@ class PlantedAnomalies(unittest.TestCase):
         self.assertCaught(h.check(), "seq-reuse")
 
 
+
+def verified(*shards):
+    """One node's `inboxctl store verify --json`: shards as (shard, index,
+    commands, hash)."""
+    return {"shards": [{"shard": s, "applied_index": i, "applied_term": 1,
+                        "applied_commands": c, "state_hash": h,
+                        "ok": c <= i} for s, i, c, h in shards],
+            "violations": sum(c > i for _, i, c, _ in shards), "ok": True}
+
+
+class TestReplicas(unittest.TestCase):
+    """check_replicas: the white-box comparison of the nodes' stores."""
+
+    def rep(self, **nodes):
+        return {"converged": {"0": 10, "1": 20},
+                "nodes": {k[1:]: v for k, v in nodes.items()}}
+
+    def test_equal_replicas_pass(self):
+        same = verified((0, 10, 10, "aa"), (1, 20, 20, "bb"))
+        out, line = check.check_replicas(self.rep(n1=same, n2=same, n3=same))
+        self.assertEqual(dict(out), {})
+        self.assertIn("2 shard(s) compared", line)
+
+    def test_a_replayed_entry_diverges(self):
+        # Same index, one more command counted and a different state: the
+        # shape of DOUBLE_APPLY_AFTER_RESTART.
+        ok = verified((0, 10, 10, "aa"), (1, 20, 20, "bb"))
+        bad = verified((0, 10, 11, "ac"), (1, 20, 20, "bb"))
+        out, _ = check.check_replicas(self.rep(n1=ok, n2=bad, n3=ok))
+        self.assertEqual(sorted(out), ["apply-count", "replica-divergence"])
+        self.assertIn("shard 0 at index 10", out["replica-divergence"][0]["msg"])
+
+    def test_more_commands_than_indexes(self):
+        ok = verified((0, 10, 10, "aa"), (1, 20, 20, "bb"))
+        bad = verified((0, 10, 12, "aa"), (1, 20, 20, "bb"))
+        out, _ = check.check_replicas(self.rep(n1=ok, n2=bad))
+        self.assertIn("apply-count", out)  # found on node 2 alone
+
+    def test_diverged_state_same_count(self):
+        ok = verified((0, 10, 10, "aa"))
+        bad = verified((0, 10, 10, "ab"))
+        out, _ = check.check_replicas(self.rep(n1=ok, n2=bad))
+        self.assertEqual(sorted(out), ["replica-divergence"])
+
+    def test_unreadable_or_behind(self):
+        ok = verified((0, 10, 10, "aa"), (1, 20, 20, "bb"))
+        behind = verified((0, 10, 10, "aa"), (1, 19, 19, "b0"))
+        out, _ = check.check_replicas(self.rep(
+            n1=ok, n2=behind, n3={"error": "CORRUPT", "message": "bad"}))
+        self.assertEqual(len(out["replica-verify"]), 2)
+        self.assertNotIn("replica-divergence", out)  # 19 vs 20: not compared
+
+    def test_run_verdict_includes_replicas(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "history-w0.jsonl"), "w") as f:
+                for e in clean().events:
+                    f.write(json.dumps(e) + "\n")
+            ok = verified((0, 10, 10, "aa"))
+            with open(os.path.join(d, "replicas.json"), "w") as f:
+                json.dump({"converged": {"0": 10},
+                           "nodes": {"1": ok, "2": verified(
+                               (0, 10, 10, "ff"))}}, f)
+            res = check.check_run(d)
+            self.assertFalse(res["valid"])
+            self.assertIn("replica-divergence", res["anomalies"])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -2,9 +2,11 @@
 # test.sh — install what is missing, build, and run every test: the release
 # build, then the sanitizer build (ASan + UBSan), each under CTest, then
 # every libFuzzer target for a bounded time (INBOX_FUZZ_SECONDS, default 30),
-# then a short jepsen/ run (a real three-node cluster in network namespaces
-# under kill, pause and partitions; any anomaly fails; needs root, skipped
-# with a message otherwise).
+# then two short jepsen/ runs (a real three-node cluster in network
+# namespaces under kill, pause and partitions; five nodes under WAL damage,
+# majority crashes, membership changes, clock skew and halves; any anomaly,
+# in the histories or between the replicas' stores, fails; needs root,
+# skipped with a message otherwise).
 # Usage: scripts/test.sh [--quick]   (--quick: release build and tests only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,11 @@ if [ $quick -eq 0 ]; then
   echo "== jepsen/ short run (faults on a real cluster) =="
   if [ "$(id -u)" -eq 0 ]; then
     python3 jepsen/run.py --short --bin build/release
+    # Five nodes under the nemeses that damage state: a WAL tail cut or
+    # bit-flipped while a node is down, a majority crashing one by one, a
+    # node removed and joined back, clock jumps, a 2 / 3 partition.
+    python3 jepsen/run.py --short --bin build/release --nodes 5 \
+      --faults truncate,bitflip,crash,member,skew,halves
   else
     echo "jepsen: skipped (network namespaces need root)"
   fi
