@@ -430,7 +430,8 @@ def plot(rundir, tl, faults, t_base):
         for row in tl:
             f.write(" ".join("%.3f" % x for x in row) + "\n")
     shades = []
-    colors = {"kill": "#ffb0b0", "crash": "#ff7070", "pause": "#b0c8ff", "isolate": "#ffe0a0",
+    colors = {"kill": "#ffb0b0", "crash": "#ff7070", "power": "#c04040",
+              "pause": "#b0c8ff", "isolate": "#ffe0a0",
               "bridge": "#d0ffb0", "oneway": "#e0b0ff", "halves": "#ffd0a0",
               "transfer": "#c0f0f0", "truncate": "#ff9090",
               "bitflip": "#ff90c0", "skew": "#f0f090", "member": "#b0b0b0"}
@@ -485,6 +486,12 @@ def check_replicas(rep):
     of `inboxctl store verify --json`}}. Returns (anomalies {kind: [..]},
     a one-line summary)."""
     out = collections.defaultdict(list)
+    if rep.get("error"):
+        out["replica-verify"].append({
+            "kind": "replica-verify",
+            "msg": "%s; applied per shard and node: %s" % (
+                rep["error"], json.dumps(rep.get("status")))})
+        return out, "replicas: not compared (%s)" % rep["error"]
     conv = {int(k): v for k, v in (rep.get("converged") or {}).items()}
     by_shard = collections.defaultdict(dict)
     for nid, v in sorted(rep.get("nodes", {}).items()):

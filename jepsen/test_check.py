@@ -247,6 +247,13 @@ class TestReplicas(unittest.TestCase):
         self.assertEqual(len(out["replica-verify"]), 2)
         self.assertNotIn("replica-divergence", out)  # 19 vs 20: not compared
 
+    def test_not_converged(self):
+        out, line = check.check_replicas({
+            "converged": None, "error": "the nodes did not converge",
+            "status": {"0": {"1": 5, "2": 9}}, "nodes": {}})
+        self.assertEqual(sorted(out), ["replica-verify"])
+        self.assertIn("not compared", line)
+
     def test_run_verdict_includes_replicas(self):
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "history-w0.jsonl"), "w") as f:

@@ -3,7 +3,8 @@
 # build, then the sanitizer build (ASan + UBSan), each under CTest, then
 # every libFuzzer target for a bounded time (INBOX_FUZZ_SECONDS, default 30),
 # then two short jepsen/ runs (a real three-node cluster in network
-# namespaces under kill, pause and partitions; five nodes under WAL damage,
+# namespaces under kill, pause, partitions and power cuts; five nodes under
+# WAL damage,
 # majority crashes, membership changes, clock skew and halves; any anomaly,
 # in the histories or between the replicas' stores, fails; needs root,
 # skipped with a message otherwise).
@@ -34,7 +35,8 @@ if [ $quick -eq 0 ]; then
   scripts/fuzz.sh "${INBOX_FUZZ_SECONDS:-30}"
   echo "== jepsen/ short run (faults on a real cluster) =="
   if [ "$(id -u)" -eq 0 ]; then
-    python3 jepsen/run.py --short --bin build/release
+    python3 jepsen/run.py --short --bin build/release \
+      --faults kill,pause,isolate,bridge,oneway,power
     # Five nodes under the nemeses that damage state: a WAL tail cut or
     # bit-flipped while a node is down, a majority crashing one by one, a
     # node removed and joined back, clock jumps, a 2 / 3 partition.
