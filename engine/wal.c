@@ -1540,8 +1540,12 @@ static int recover_open_segment(struct wal *w, uint64_t id, bool last,
         return rc;
     }
     s->cap = size;
-    if (last && zero_to > s->end)
+    if (last && zero_to > s->end) {
         rc = zero_range(w, s, s->end, zero_to);
+        w->st.torn_bytes = zero_to - s->end;
+        w->st.torn_segment = id;
+        w->st.torn_offset = s->end;
+    }
     return rc;
 }
 

@@ -135,6 +135,13 @@ struct wal_stats {
     uint64_t segments;       /* segment files now in the directory */
     uint64_t segments_created;
     uint64_t segments_deleted;
+    /* What the last open's recovery cut as a torn tail (docs/storage.md,
+     * "Recovery"): bytes zeroed from offset torn_offset of segment
+     * torn_segment; 0 bytes if the log ended cleanly. Records acknowledged
+     * as durable can be among them only if the disk lost synced writes. */
+    uint64_t torn_bytes;
+    uint64_t torn_segment;
+    uint64_t torn_offset;
     uint64_t written_lsn; /* LSN of the last record written */
     uint64_t durable_lsn; /* every LSN <= this is durable */
     int failed;           /* the sticky error, 0 if the log is healthy */

@@ -2171,6 +2171,16 @@ static int node_startup(struct node *n)
                   inbox_strerror(rc), walmsg);
         return rc;
     }
+    struct wal_stats ws;
+    wal_stats_get(n->wal, &ws);
+    if (ws.torn_bytes > 0)
+        /* After a crash, un-synced writes; if more was lost, raft repairs
+         * this node from its peers (docs/raft.md, "lost tail"). */
+        log_warn("node", "wal: cut a torn tail",
+                 "segment=%016llx offset=%llu bytes=%llu",
+                 (unsigned long long)ws.torn_segment,
+                 (unsigned long long)ws.torn_offset,
+                 (unsigned long long)ws.torn_bytes);
     rc = snapshot_dir_init(n->data_dir, n->snap_dir, sizeof(n->snap_dir));
     if (rc != 0) {
         (void)fmt(n->errmsg, sizeof(n->errmsg), "%s/snap: %s", n->data_dir,

@@ -160,6 +160,7 @@ static void run(struct files *fs, const char *dir, bool zero_mode)
     uint8_t *img = image_get(fs, path, &size);
     uint8_t *cut = malloc(size);
     const size_t rec_bytes = 48 + LAST_LEN + 8; /* without padding */
+    size_t torn_seen = 0;
     for (size_t k = 0; k <= rec_bytes; k++) {
         size_t len = size;
         memcpy(cut, img, size);
@@ -172,10 +173,24 @@ static void run(struct files *fs, const char *dir, bool zero_mode)
         /* k == rec_bytes: nothing was cut, the record is whole. */
         bool whole = k == rec_bytes;
         check_intact(w, whole ? PER_SHARD + 1 : PER_SHARD);
+        /* The cut is reported: at the record's offset, at most the k bytes
+         * of it that had landed; nothing for a whole record or none. */
+        struct wal_stats st;
+        wal_stats_get(w, &st);
+        if (whole || k == 0)
+            assert_int_equal(st.torn_bytes, 0);
+        assert_true(st.torn_bytes <= k);
+        if (st.torn_bytes > 0) {
+            assert_int_equal(st.torn_segment, 1);
+            assert_int_equal(st.torn_offset, x);
+        }
+        torn_seen += st.torn_bytes > 0;
         uint32_t len_new;
         append_one(w, 2, PER_SHARD + (whole ? 2 : 1), 99, LEN_MAX, &len_new);
         wal_close(w);
         w = reopen(dir, fs);
+        wal_stats_get(w, &st);
+        assert_int_equal(st.torn_bytes, 0); /* a clean end this time */
         check_intact(w, PER_SHARD + (whole ? 2 : 1));
         struct wal_entries es = {0};
         uint64_t i = PER_SHARD + (whole ? 2 : 1);
@@ -185,6 +200,8 @@ static void run(struct files *fs, const char *dir, bool zero_mode)
         wal_entries_free(&es);
         wal_close(w);
     }
+    /* Most partial records are torn tails (a few cuts leave only zeros). */
+    assert_true(torn_seen >= rec_bytes / 2);
     free(cut);
     free(img);
 }
