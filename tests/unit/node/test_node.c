@@ -4,7 +4,8 @@
  * concurrent submitters, dedup, ack bounds, restart after a graceful close,
  * crash (no checkpoint) and replay, WAL release by checkpoints, identity
  * checks, an injected WAL failure (tests/lib's fault vfs), and three
- * nodes in one process replicating, failing over and catching up.
+ * nodes in one process replicating, failing over and catching up (also
+ * after a follower lost entries it had acknowledged).
  *
  * Scratch directories are made in the working directory (the build tree).
  */
@@ -1584,6 +1585,8 @@ static void test_isolated_leader_cannot_commit(void **state)
 
 #define SNAP_MSGS 200u
 #define SNAP_RETAIN 8u
+#define SNAP_MSGS 200u
+#define SNAP_RETAIN 8u
 
 struct snap_case {
     struct cluster *cl;
@@ -1616,6 +1619,147 @@ static void wait_counter(struct fixture *f, const char *name, uint64_t min)
         sleep_ms(10);
     }
     fail_msg("%s never reached %llu", name, (unsigned long long)min);
+}
+
+/* Little-endian integers of a WAL record header (docs/storage.md). */
+static uint64_t le_at(const uint8_t *p, unsigned bytes)
+{
+    uint64_t v = 0;
+    for (unsigned i = bytes; i-- > 0;)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* The newest segment of a node's WAL (DATA/wal/wal-<16 hex>.seg). */
+static void newest_segment(struct fixture *f, char *path, size_t cap)
+{
+    char dir[300], best[64] = "";
+    snprintf(dir, sizeof(dir), "%s/wal", f->dir);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (strncmp(e->d_name, "wal-", 4) == 0 && strstr(e->d_name, ".seg") &&
+            strlen(e->d_name) < sizeof(best) && strcmp(e->d_name, best) > 0)
+            snprintf(best, sizeof(best), "%s", e->d_name);
+    closedir(d);
+    assert_true(best[0] != '\0');
+    snprintf(path, cap, "%s/%s", dir, best);
+}
+
+/* What a disk that lost synced writes leaves: in the newest segment of a
+ * stopped node's WAL, the record of shard's ENTRY at `index` is cut
+ * 24 bytes in (a torn header) and everything after it zeroed, as far as
+ * records go (the rest is preallocated zeros already). Returns the bytes
+ * zeroed; fails the test if that entry is not in the segment. */
+static uint64_t wal_cut_at_entry(struct fixture *f, uint32_t shard,
+                                 uint64_t index)
+{
+    char path[400];
+    newest_segment(f, path, sizeof(path));
+    FILE *fp = fopen(path, "r+b");
+    assert_non_null(fp);
+    uint64_t off = 64, cut = 0; /* records start after the 64-byte header */
+    uint8_t h[48];
+    while (fseek(fp, (long)off, SEEK_SET) == 0 &&
+           fread(h, 1, sizeof(h), fp) == sizeof(h) && h[47] == 0xA5) {
+        if (cut == 0 && h[40] == 1 /* ENTRY */ && le_at(h + 4, 4) == shard &&
+            le_at(h + 32, 8) == index)
+            cut = off + 24u;
+        off += (56u + le_at(h, 4) + 7u) / 8u * 8u;
+    }
+    assert_true(cut != 0 && off > cut);
+    static const uint8_t zeros[4096];
+    assert_int_equal(fseek(fp, (long)cut, SEEK_SET), 0);
+    for (uint64_t left = off - cut; left > 0;) {
+        size_t k = left < sizeof(zeros) ? (size_t)left : sizeof(zeros);
+        assert_int_equal(fwrite(zeros, 1, k, fp), k);
+        left -= k;
+    }
+    assert_int_equal(fclose(fp), 0);
+    return off - cut;
+}
+
+#define REGR_METRIC "inbox_node_raft_follower_log_regressions_total"
+
+/* Hand shard's leadership from `from` to `to` and wait until all agree. */
+static void cl_move_leader(struct cluster *cl, uint32_t shard, uint64_t from,
+                           uint64_t to)
+{
+    assert_int_equal(node_transfer_leader(cl->f[from]->n, shard, to), 0);
+    for (int tries = 0; tries < 200; tries++) {
+        if (cl_leader(cl, shard) == to)
+            return;
+        sleep_ms(10);
+    }
+    fail_msg("shard %u never moved to node %llu", shard,
+             (unsigned long long)to);
+}
+
+/* A follower loses entries it had acknowledged (its WAL tail cut while it
+ * was down). The leader finds out from its heartbeats (raft's "Lost
+ * tail"), repairs it from the log, and says so in its metric. The writes
+ * are made while the third node is down, so each one was committed on the
+ * victim's acknowledgement: the cut entries were acknowledged. */
+static void test_follower_lost_tail_counted(void **state)
+{
+    (void)state;
+    struct cluster *cl = cl_new(1);
+    const char *inbox = "lost";
+    uint64_t l = cl_leader(cl, 0);
+    uint64_t victim = l % CL_NODES + 1u, other = 6u - l - victim;
+    enqueue_n(cl->f[l], inbox, 1, 5);
+    struct node_shard_status st;
+    assert_int_equal(node_status(cl->f[l]->n, 0, &st), 0);
+    cl_wait_applied(cl, 0, st.commit);
+
+    cl_crash(cl, other);
+    enqueue_n(cl->f[l], inbox, 6, 15);
+    assert_int_equal(node_status(cl->f[l]->n, 0, &st), 0);
+    uint64_t cut_index = st.commit; /* held and acknowledged by victim */
+    enqueue_n(cl->f[l], inbox, 16, 30);
+    assert_int_equal(node_status(cl->f[l]->n, 0, &st), 0);
+    uint64_t acked = st.commit;
+    assert_true(cut_index < acked);
+    cl_open(cl, other);
+    cl_wait_applied(cl, 0, acked);
+    assert_int_equal(counter_of(cl->f[l]->n, REGR_METRIC), 0);
+
+    /* The victim stops and comes back without the entries from
+     * cut_index on; isolated first, to see that they are gone. */
+    cl_crash(cl, victim);
+    assert_true(wal_cut_at_entry(cl->f[victim], 0, cut_index) > 0);
+    cl_isolate(cl, victim, true);
+    cl_open(cl, victim);
+    assert_int_equal(node_status(cl->f[victim]->n, 0, &st), 0);
+    assert_int_equal(st.last_index, cut_index - 1u);
+    cl_isolate(cl, victim, false);
+
+    /* The leader counts the regression and brings the victim back. */
+    wait_counter(cl->f[l], REGR_METRIC, 1);
+    assert_int_equal(cl_leader(cl, 0), l);
+    struct node_shard_status sl;
+    assert_int_equal(node_status(cl->f[l]->n, 0, &sl), 0);
+    cl_wait_applied(cl, 0, sl.applied);
+    assert_int_equal(node_status(cl->f[victim]->n, 0, &st), 0);
+    assert_int_equal(node_status(cl->f[l]->n, 0, &sl), 0);
+    assert_int_equal(st.applied, sl.applied);
+    expect_inbox_local(cl->f[victim], inbox, 30);
+
+    /* Raft keeps the count across leaderships: leading again after
+     * another node did must not count the old event twice. */
+    uint64_t counted = counter_of(cl->f[l]->n, REGR_METRIC);
+    cl_move_leader(cl, 0, l, other);
+    enqueue_n(cl->f[other], inbox, 31, 31);
+    /* Some ticks as a follower, so that a node that forgot the counts it
+     * saw when it stopped leading would count the old event again. */
+    sleep_ms(100);
+    cl_move_leader(cl, 0, other, l);
+    enqueue_n(cl->f[l], inbox, 32, 32);
+    sleep_ms(200); /* ten ticks of leading: a bogus delta would show */
+    assert_int_equal(counter_of(cl->f[l]->n, REGR_METRIC), counted);
+    assert_int_equal(counter_of(cl->f[other]->n, REGR_METRIC), 0);
+    cl_free(cl);
 }
 
 /* A follower of the inbox's shard goes down; the leader takes SNAP_MSGS
@@ -2350,6 +2494,7 @@ int main(void)
         cmocka_unit_test(test_restart_replay_applies_once),
         cmocka_unit_test(test_isolated_leader_cannot_commit),
         cmocka_unit_test(test_lease_reads),
+        cmocka_unit_test(test_follower_lost_tail_counted),
         cmocka_unit_test(test_snapshot_catch_up),
         cmocka_unit_test(test_snapshot_transfer_interrupted),
         cmocka_unit_test(test_snapshot_crash_after_install),
