@@ -1638,10 +1638,12 @@ static void newest_segment(struct fixture *f, char *path, size_t cap)
     DIR *d = opendir(dir);
     assert_non_null(d);
     struct dirent *e;
-    while ((e = readdir(d)) != NULL)
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
         if (strncmp(e->d_name, "wal-", 4) == 0 && strstr(e->d_name, ".seg") &&
-            strlen(e->d_name) < sizeof(best) && strcmp(e->d_name, best) > 0)
-            snprintf(best, sizeof(best), "%s", e->d_name);
+            len < sizeof(best) && strcmp(e->d_name, best) > 0)
+            memcpy(best, e->d_name, len + 1);
+    }
     closedir(d);
     assert_true(best[0] != '\0');
     snprintf(path, cap, "%s/%s", dir, best);
