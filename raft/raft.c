@@ -152,6 +152,10 @@ struct raft {
     /* The highest commit index heard from a leader, possibly beyond our
      * log (volatile: the vote guard in handle_vote). */
     uint64_t commit_heard;
+    /* Lost-tail repairs made as leader (lost_tail), and the latest's
+     * follower: raft_regressions. */
+    uint64_t regressions_total;
+    uint64_t regressed_last;
 
     enum raft_role role;
     uint64_t leader;
@@ -1511,6 +1515,8 @@ static void lost_tail(struct raft *r, struct progress *p,
     p->match = keep;
     p->regress_round = r->round;
     p->regressions_count++;
+    r->regressions_total++;
+    r->regressed_last = p->id;
     become_probe(r, p);
     uint64_t next =
         m->index < last_index(r) ? m->index + 1u : last_index(r) + 1u;
@@ -2116,6 +2122,13 @@ uint64_t raft_term_at(const struct raft *r, uint64_t i)
 const struct raft_membership *raft_membership(const struct raft *r)
 {
     return &r->memb;
+}
+
+uint64_t raft_regressions(const struct raft *r, uint64_t *last_follower)
+{
+    if (last_follower)
+        *last_follower = r->regressed_last;
+    return r->regressions_total;
 }
 
 uint64_t raft_match_of(const struct raft *r, uint64_t id)

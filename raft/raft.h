@@ -346,6 +346,11 @@ struct raft_progress_info {
 };
 int raft_progress_of(const struct raft *r, uint64_t id,
                      struct raft_progress_info *out);
+/* Lost-tail repairs this node made as leader over the life of r (the sum
+ * of every regressions_count, never lowered when a progress is reset or
+ * recreated), and in *last_follower (if not NULL) the follower of the
+ * latest, 0 if none. */
+uint64_t raft_regressions(const struct raft *r, uint64_t *last_follower);
 const char *raft_role_name(enum raft_role role);
 const char *raft_msg_type_name(uint32_t type);
 

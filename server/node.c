@@ -209,13 +209,6 @@ static struct part *pq_take(struct pq *q)
 
 /* ---- node --------------------------------------------------------------- */
 
-/* A follower's raft regressions_count as this node last saw it (leader;
- * watch_regressions). */
-struct regr_seen {
-    uint64_t id;
-    uint64_t count;
-};
-
 struct shard {
     uint32_t id;
     struct raft *r;
@@ -263,10 +256,7 @@ struct shard {
         st_last, st_released;
     _Atomic bool st_voter, st_learner;
     struct metrics_gauge g_role, g_term;
-    /* Followers whose regressions_count is nonzero, with that count as
-     * last seen by watch_regressions (a follower not here: 0). */
-    struct regr_seen regr[NODE_OUTBOXES_MAX];
-    uint32_t regr_count;
+    uint64_t regr_seen; /* raft_regressions as watch_regressions last saw */
     char label[24];
 };
 
@@ -1625,64 +1615,27 @@ static void complete_durable(struct node *n, uint64_t durable)
 }
 
 static void members_drive(struct node *n);
-static bool leads_now(const struct node *n, const struct shard *s);
 
 /* ---- follower log regressions (docs/node.md) ---------------------------- */
 
-static uint64_t regr_seen_of(const struct shard *s, uint64_t id)
-{
-    for (uint32_t i = 0; i < s->regr_count; i++)
-        if (s->regr[i].id == id)
-            return s->regr[i].count;
-    return 0;
-}
-
-/* Leader, once a tick: a follower whose regressions_count grew had lost
- * entries it acknowledged (raft's "Lost tail", I9), a disk that dropped
- * synced writes or a torn tail cut at its restart. Count and log it.
- *
- * Raft keeps a follower's count while it stays a member, across this
- * node's leaderships (pr_reset leaves it alone), so the counts seen are
- * kept across roles too and a new leadership adds nothing by itself. A
- * progress raft makes afresh (the member left and came back) starts at 0:
- * a count below the one seen is such a restart and all of it is new, never
- * a negative delta. Only nonzero counts are kept, so the usual shard
- * (no regression ever) costs members x members lookups in raft's progress
- * array and writes nothing. */
+/* Once a tick: raft's lost-tail repairs (I9) grew, so a follower had lost
+ * entries it acknowledged (a disk that dropped synced writes, or a torn
+ * tail cut at its restart). Count and log it. raft's total only grows over
+ * the life of s->r, whatever leaderships and memberships come and go. */
 static void watch_regressions(struct node *n, struct shard *s)
 {
-    _Static_assert(INBOX_RAFT_VOTERS_MAX + INBOX_RAFT_LEARNERS_MAX <=
-                       NODE_OUTBOXES_MAX,
-                   "a regr_seen per member");
-    const struct raft_membership *m = raft_membership(s->r);
-    uint32_t members = m->voters_count + m->learners_count;
-    struct regr_seen now[NODE_OUTBOXES_MAX];
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < members; i++) {
-        uint64_t id = i < m->voters_count ? m->voters[i]
-                                          : m->learners[i - m->voters_count];
-        struct raft_progress_info pi;
-        if (id == n->o.node_id || raft_progress_of(s->r, id, &pi) != 0 ||
-            pi.regressions_count == 0)
-            continue;
-        uint64_t seen = regr_seen_of(s, id);
-        uint64_t grown = pi.regressions_count >= seen
-                             ? pi.regressions_count - seen
-                             : pi.regressions_count;
-        if (grown > 0) {
-            metrics_counter_add(&n->m.follower_regressions, grown);
-            log_warn("node", "follower lost entries it had acknowledged",
-                     "shard=%u follower=%llu events=%llu follower_total=%llu",
-                     s->id, (unsigned long long)id, (unsigned long long)grown,
-                     (unsigned long long)pi.regressions_count);
-        }
-        assert(k < NODE_OUTBOXES_MAX);
-        now[k++] = (struct regr_seen){id, pi.regressions_count};
-    }
-    if (k == 0 && s->regr_count == 0)
+    uint64_t follower = 0;
+    uint64_t total = raft_regressions(s->r, &follower);
+    if (total == s->regr_seen)
         return;
-    memcpy(s->regr, now, k * sizeof(now[0]));
-    s->regr_count = k;
+    assert(total > s->regr_seen); /* s->r lives as long as the shard */
+    metrics_counter_add(&n->m.follower_regressions, total - s->regr_seen);
+    log_warn("node", "follower lost entries it had acknowledged",
+             "shard=%u follower=%llu events=%llu shard_total=%llu", s->id,
+             (unsigned long long)follower,
+             (unsigned long long)(total - s->regr_seen),
+             (unsigned long long)total);
+    s->regr_seen = total;
 }
 
 static void tick_all(struct node *n)
@@ -1696,8 +1649,7 @@ static void tick_all(struct node *n)
         raft_tick(s->r);
         publish(n, s);
         mark_dirty(n, s);
-        if (leads_now(n, s))
-            watch_regressions(n, s);
+        watch_regressions(n, s);
     }
     members_drive(n);
 }

@@ -1016,6 +1016,9 @@ static void lost_tail_case(uint64_t cut, bool old_hs, bool old_entries,
     t_ready_all(&net);
     assert_int_equal(raft_progress_of(l, 3, &pi), 0);
     assert_int_equal(pi.regressions_count, 1);
+    uint64_t regressed = 0;
+    assert_int_equal(raft_regressions(l, &regressed), 1); /* the node's view */
+    assert_int_equal(regressed, 3);
     assert_int_equal(pi.match, last);
     assert_int_equal(t_count(&net, RAFT_MSG_APPEND, -1), 0);
     t_fini(&net);
