@@ -402,6 +402,35 @@ static void op_fetch(struct thread_state *ts)
     }
 }
 
+/* A write that takes one u64 and answers one (ack, seen_set): its invoke
+ * line, {"value":{IN:v}}, and its completion, {"value":{IN:v,RES:got}}
+ * (RES only when it succeeded). */
+static void u64_write_invoke(struct thread_state *ts, enum op_kind op,
+                             const char *name, const char *in, uint64_t v)
+{
+    line_start(&ts->line, ts->p, "invoke", op, name);
+    line_add(&ts->line, ",\"value\":{\"%s\":%" PRIu64 "}", in, v);
+    line_emit(&ts->line);
+}
+
+static void u64_write_done(struct thread_state *ts, enum op_kind op,
+                           const char *name, const char *in, uint64_t v,
+                           const char *res, uint64_t got, int rc)
+{
+    const char *type = write_outcome(rc);
+    line_start(&ts->line, ts->p, type, op, name);
+    line_add(&ts->line, ",\"value\":{\"%s\":%" PRIu64, in, v);
+    if (rc == 0)
+        line_add(&ts->line, ",\"%s\":%" PRIu64, res, got);
+    line_add(&ts->line, "}");
+    if (rc != 0)
+        line_error(&ts->line, rc);
+    line_emit(&ts->line);
+    if (rc == 0)
+        ts->oks++;
+    invoked_info(ts, type);
+}
+
 static void op_ack(struct thread_state *ts)
 {
     unsigned i = inbox_pick(ts);
@@ -412,24 +441,11 @@ static void op_ack(struct thread_state *ts)
     char name[INBOX_NAME_BYTES];
     inbox_name(i, name);
     uint64_t up_to = ts->ack_hint[i];
-    line_start(&ts->line, ts->p, "invoke", OP_ACK, name);
-    line_add(&ts->line, ",\"value\":{\"up_to\":%" PRIu64 "}", up_to);
-    line_emit(&ts->line);
+    u64_write_invoke(ts, OP_ACK, name, "up_to", up_to);
     uint64_t acked = 0;
     int rc = inbox_ack(ts->client, name, strlen(name), up_to, &acked,
                        opt.timeout_ms);
-    const char *type = write_outcome(rc);
-    line_start(&ts->line, ts->p, type, OP_ACK, name);
-    line_add(&ts->line, ",\"value\":{\"up_to\":%" PRIu64, up_to);
-    if (rc == 0)
-        line_add(&ts->line, ",\"acked\":%" PRIu64, acked);
-    line_add(&ts->line, "}");
-    if (rc != 0)
-        line_error(&ts->line, rc);
-    line_emit(&ts->line);
-    if (rc == 0)
-        ts->oks++;
-    invoked_info(ts, type);
+    u64_write_done(ts, OP_ACK, name, "up_to", up_to, "acked", acked, rc);
 }
 
 static void op_seen_set(struct thread_state *ts)
@@ -441,24 +457,11 @@ static void op_seen_set(struct thread_state *ts)
      * than the stored value (a no-op success that must not move it). */
     uint64_t v = (uint64_t)(now_ns() / 1000000) + SEEN_JITTER_MS -
                  rnd_below(&ts->rnd, SEEN_JITTER_MS);
-    line_start(&ts->line, ts->p, "invoke", OP_SEEN_SET, name);
-    line_add(&ts->line, ",\"value\":{\"ts\":%" PRIu64 "}", v);
-    line_emit(&ts->line);
+    u64_write_invoke(ts, OP_SEEN_SET, name, "ts", v);
     uint64_t stored = 0;
     int rc = inbox_seen_set(ts->client, name, strlen(name), v, &stored,
                             opt.timeout_ms);
-    const char *type = write_outcome(rc);
-    line_start(&ts->line, ts->p, type, OP_SEEN_SET, name);
-    line_add(&ts->line, ",\"value\":{\"ts\":%" PRIu64, v);
-    if (rc == 0)
-        line_add(&ts->line, ",\"stored\":%" PRIu64, stored);
-    line_add(&ts->line, "}");
-    if (rc != 0)
-        line_error(&ts->line, rc);
-    line_emit(&ts->line);
-    if (rc == 0)
-        ts->oks++;
-    invoked_info(ts, type);
+    u64_write_done(ts, OP_SEEN_SET, name, "ts", v, "stored", stored, rc);
 }
 
 static void op_seen_get(struct thread_state *ts)
